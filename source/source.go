@@ -1,0 +1,402 @@
+// Package source mirrors one etcd key prefix as a stream of batches.
+//
+// It takes a snapshot of the prefix pinned at one revision R (a paginated Get),
+// then watches from R+1 and hands over each etcd revision's events as one
+// batch; revisions that arrive together are merged, a revision is never split.
+// It owns everything that can go wrong on the etcd side: retries with backoff,
+// re-watching from the last applied revision after a dropped stream or a lost
+// leader, and a full resync after a compaction or when etcd's history went
+// backwards (a wiped or restored server). It knows nothing about files.
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
+)
+
+// Change is the new state of one key, relative to the prefix.
+type Change struct {
+	Key    string
+	Value  []byte
+	Delete bool
+}
+
+// Batch holds the changes of one or more whole revisions, up to Revision.
+// A Full batch lists every key of the prefix: keys it does not list are gone.
+type Batch struct {
+	Revision int64
+	Full     bool
+	Changes  []Change
+}
+
+// ApplyFunc applies one batch. An error means the batch was not applied; the
+// source then backs off and resyncs fully, so nothing is lost.
+type ApplyFunc func(ctx context.Context, b Batch) error
+
+// Options configure a Source. Zero values are sensible defaults.
+type Options struct {
+	Client *clientv3.Client
+	// Prefix is the etcd key prefix. It is a directory boundary: "/app" and
+	// "/app/" both mirror the keys under "/app/", never "/app2".
+	Prefix string
+	// PageSize is the number of keys per Get page of a snapshot (default 500).
+	PageSize int64
+	// CheckInterval is how often a linearizable Get checks that etcd's
+	// revision did not go backwards (default 30s).
+	CheckInterval time.Duration
+	// RequestTimeout bounds each Get (default 10s).
+	RequestTimeout time.Duration
+	// Once stops Run after the first applied snapshot.
+	Once   bool
+	Logger *slog.Logger
+}
+
+// Source is the etcd side of the dispenser.
+type Source struct {
+	opts    Options
+	prefix  string
+	log     *slog.Logger
+	applied atomic.Int64
+	resyncs atomic.Int64
+
+	clusterID uint64
+	term      uint64
+	gen       int
+	failing   bool
+}
+
+// New returns a Source for the given options.
+func New(opts Options) *Source {
+	if opts.PageSize <= 0 {
+		opts.PageSize = 500
+	}
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = 30 * time.Second
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger}
+}
+
+// NormalizePrefix makes the prefix a directory boundary by giving it one
+// trailing slash. The empty prefix mirrors the whole keyspace.
+func NormalizePrefix(p string) string {
+	if p == "" {
+		return ""
+	}
+	return strings.TrimRight(p, "/") + "/"
+}
+
+// Applied is the revision up to which everything has been applied.
+func (s *Source) Applied() int64 { return s.applied.Load() }
+
+// Resyncs counts the full resyncs after the initial snapshot.
+func (s *Source) Resyncs() int64 { return s.resyncs.Load() }
+
+// errResync asks the run loop for a full resync.
+type errResync struct{ reason string }
+
+func (e errResync) Error() string { return "full resync needed: " + e.reason }
+
+// Run takes the snapshot, applies it, then watches and applies every change
+// until ctx is done. It returns nil when ctx ends (or, with Once, after the
+// first snapshot was applied); errors from etcd are logged and retried forever.
+func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
+	var bo backoff
+	needSnapshot := true
+	for ctx.Err() == nil {
+		if needSnapshot {
+			if err := s.syncFull(ctx, apply); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				s.fail("snapshot", err)
+				bo.wait(ctx)
+				continue
+			}
+			needSnapshot = false
+			bo.reset()
+			if s.opts.Once {
+				return nil
+			}
+		}
+		err := s.watch(ctx, apply, &bo)
+		if ctx.Err() != nil {
+			break
+		}
+		var r errResync
+		if errors.As(err, &r) {
+			s.log.Warn("resyncing the whole prefix", "reason", r.reason, "applied_revision", s.Applied())
+			s.resyncs.Add(1)
+			needSnapshot = true
+			continue
+		}
+		s.fail("watch", err)
+		bo.wait(ctx)
+	}
+	if s.opts.Once {
+		return ctx.Err()
+	}
+	return nil
+}
+
+// fail logs an etcd problem once per outage at warning level, then at debug.
+func (s *Source) fail(what string, err error) {
+	if !s.failing {
+		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
+		s.failing = true
+		return
+	}
+	s.log.Debug("etcd still failing", "during", what, "err", err)
+}
+
+func (s *Source) recovered() {
+	if s.failing {
+		s.log.Info("etcd reachable again", "applied_revision", s.Applied())
+		s.failing = false
+	}
+}
+
+// syncFull reads the whole prefix at one revision and applies it as a Full batch.
+func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
+	start := time.Now()
+	b, err := s.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	if err := apply(ctx, b); err != nil {
+		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
+	}
+	s.applied.Store(b.Revision)
+	s.recovered()
+	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
+		"ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+// Snapshot reads every key of the prefix at one revision: the first page
+// fixes the revision R, every later page is read at R.
+func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
+	b := Batch{Full: true}
+	end := clientv3.GetPrefixRangeEnd(s.prefix)
+	if s.prefix == "" {
+		end = "\x00"
+	}
+	from := s.prefix
+	if from == "" {
+		from = "\x00"
+	}
+	for {
+		opts := []clientv3.OpOption{
+			clientv3.WithRange(end),
+			clientv3.WithLimit(s.opts.PageSize),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
+		}
+		if b.Revision != 0 {
+			opts = append(opts, clientv3.WithRev(b.Revision))
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+		resp, err := s.opts.Client.Get(rctx, from, opts...)
+		cancel()
+		if err != nil {
+			return Batch{}, fmt.Errorf("reading prefix %q: %w", s.prefix, err)
+		}
+		if b.Revision == 0 {
+			b.Revision = resp.Header.Revision
+			s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+		}
+		for _, kv := range resp.Kvs {
+			b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return b, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// noteHeader remembers the cluster and the highest raft term seen.
+func (s *Source) noteHeader(cluster, term uint64) {
+	s.clusterID = cluster
+	s.term = max(s.term, term)
+}
+
+// checkHeader reports a resync when the response comes from another cluster
+// or from a history that restarted (raft terms never go down in one history).
+func (s *Source) checkHeader(cluster, term uint64) error {
+	if cluster != 0 && s.clusterID != 0 && cluster != s.clusterID {
+		return errResync{fmt.Sprintf("cluster ID changed from %x to %x", s.clusterID, cluster)}
+	}
+	if term != 0 && term < s.term {
+		return errResync{fmt.Sprintf("raft term went back from %d to %d (etcd wiped or restored?)", s.term, term)}
+	}
+	s.term = max(s.term, term)
+	return nil
+}
+
+// watch follows the prefix from the applied revision until an error.
+func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error {
+	s.gen++
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Each watch gets its own gRPC stream, so cancelling it tears down only
+	// this watch and never races a stale stream.
+	wctx = metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(wctx),
+		"etcd-config-dispenser-watch", strconv.Itoa(s.gen))
+	from := s.Applied() + 1
+	wch := s.opts.Client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+		clientv3.WithProgressNotify(), clientv3.WithFragment())
+	s.log.Debug("watching", "prefix", s.prefix, "from_revision", from)
+
+	check := time.NewTicker(s.opts.CheckInterval)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-check.C:
+			if err := s.checkRevision(ctx); err != nil {
+				return err
+			}
+		case resp, ok := <-wch:
+			if !ok {
+				return errors.New("watch channel closed")
+			}
+			b, err := s.collect(resp, wch)
+			if err != nil {
+				return err
+			}
+			s.recovered()
+			bo.reset()
+			if len(b.Changes) == 0 {
+				s.applied.Store(max(s.Applied(), b.Revision))
+				continue
+			}
+			if err := apply(ctx, b); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				s.log.Error("applying batch failed", "revision", b.Revision, "err", err)
+				return errResync{"a batch could not be applied"}
+			}
+			s.applied.Store(b.Revision)
+		}
+	}
+}
+
+// maxMerge bounds how many responses one batch merges, so a long backlog is
+// still applied in steps.
+const maxMerge = 1024
+
+// collect turns the response, and any further responses already waiting,
+// into one batch of whole revisions.
+func (s *Source) collect(first clientv3.WatchResponse, wch clientv3.WatchChan) (Batch, error) {
+	b := Batch{Revision: s.Applied()}
+	resp := first
+	for n := 0; ; n++ {
+		if err := s.absorb(&b, resp); err != nil {
+			return b, err
+		}
+		if n == maxMerge {
+			return b, nil
+		}
+		select {
+		case next, ok := <-wch:
+			if !ok {
+				// Apply what arrived; the next receive sees the closed
+				// channel and re-watches.
+				return b, nil
+			}
+			resp = next
+		default:
+			return b, nil
+		}
+	}
+}
+
+// absorb adds one watch response to the batch.
+func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
+	if err := resp.Err(); err != nil {
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return errResync{fmt.Sprintf("history compacted at revision %d", resp.CompactRevision)}
+		}
+		return err
+	}
+	if resp.Canceled {
+		return errors.New("watch canceled by the server")
+	}
+	if err := s.checkHeader(resp.Header.ClusterId, resp.Header.RaftTerm); err != nil {
+		return err
+	}
+	if resp.IsProgressNotify() {
+		b.Revision = max(b.Revision, resp.Header.Revision)
+		return nil
+	}
+	for _, ev := range resp.Events {
+		rev := ev.Kv.ModRevision
+		if rev <= s.Applied() {
+			continue // replayed after a reconnect: already applied
+		}
+		if rev < b.Revision {
+			return errResync{fmt.Sprintf("event at revision %d arrived after revision %d", rev, b.Revision)}
+		}
+		key := string(ev.Kv.Key[len(s.prefix):])
+		if ev.Type == mvccpb.DELETE {
+			b.Changes = append(b.Changes, Change{Key: key, Delete: true})
+		} else {
+			b.Changes = append(b.Changes, Change{Key: key, Value: ev.Kv.Value})
+		}
+		b.Revision = rev
+	}
+	return nil
+}
+
+// checkRevision is the watchdog: a linearizable read must not see a revision
+// below what was applied, nor another cluster. clientv3 would otherwise wait
+// silently for a revision a wiped server will reach only with other data.
+func (s *Source) checkRevision(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	resp, err := s.opts.Client.Get(rctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("revision check: %w", err)
+	}
+	if resp.Header.Revision < s.Applied() {
+		return errResync{fmt.Sprintf("etcd revision %d is below the applied revision %d (etcd wiped or restored?)",
+			resp.Header.Revision, s.Applied())}
+	}
+	return s.checkHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+}
+
+// backoff is exponential from 100ms to 10s with full jitter.
+type backoff struct{ n int }
+
+func (b *backoff) reset() { b.n = 0 }
+
+func (b *backoff) wait(ctx context.Context) {
+	d := 100 * time.Millisecond << min(b.n, 7)
+	d = min(d, 10*time.Second)
+	b.n++
+	t := time.NewTimer(d/2 + rand.N(d/2+1))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
