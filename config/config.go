@@ -1,0 +1,215 @@
+// Package config turns the command line into a Config. Every bad value is
+// reported with the flag's name and what it accepts, so main can print one
+// line and exit 2.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+)
+
+// Config is everything the command line says.
+type Config struct {
+	Prefix        string
+	Target        string
+	Signal        syscall.Signal
+	Mode          uint32
+	UID, GID      int // -1: leave as created
+	Layout        string
+	Once          bool
+	Fsync         bool
+	KillTimeout   time.Duration
+	SignalGroup   bool
+	StartTimeout  time.Duration
+	CheckInterval time.Duration
+	PassSecrets   bool
+	LogFormat     string
+	LogLevel      string
+	Version       bool
+	Help          bool
+	Command       []string
+}
+
+// ErrHelp is returned when --help was asked for; the usage was written.
+var ErrHelp = pflag.ErrHelp
+
+// Parse reads the arguments (without the program name). Usage and help go to
+// out.
+func Parse(args []string, out io.Writer) (Config, error) {
+	c := Config{UID: -1, GID: -1}
+	fs := pflag.NewFlagSet("etcd-config-dispenser", pflag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.SetInterspersed(false) // the first non-flag word starts the child's command
+	fs.SortFlags = false
+	var signal, mode, owner, group string
+	fs.StringVarP(&c.Prefix, "prefix", "p", "", "etcd key prefix to mirror; a directory boundary (/app never matches /app2)")
+	fs.StringVarP(&c.Target, "target", "t", "", "directory to mirror the keys into")
+	fs.StringVarP(&signal, "signal", "s", "SIGHUP", "signal sent to the child after each applied change (name like SIGHUP or HUP, or a number)")
+	fs.StringVarP(&mode, "mode", "m", "0600", "octal mode of the files written")
+	fs.StringVarP(&owner, "owner", "o", "", "owner of the files written: user name or numeric uid")
+	fs.StringVarP(&group, "group", "g", "", "group of the files written: group name or numeric gid")
+	fs.StringVar(&c.Layout, "layout", "atomic", "atomic: versions swapped through a ..data symlink; plain: files replaced in place, one rename each")
+	fs.BoolVar(&c.Once, "once", false, "sync once and exit 0 (exit 1 if the sync failed); for init containers")
+	fs.BoolVar(&c.Fsync, "fsync", true, "fsync files and directories before a new version goes live")
+	fs.DurationVar(&c.KillTimeout, "kill-timeout", 5*time.Second, "at shutdown, time between SIGTERM and SIGKILL")
+	fs.BoolVar(&c.SignalGroup, "signal-group", false, "send signals to the child's whole process group, not only the child")
+	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
+	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
+	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
+	fs.BoolVarP(&c.Help, "help", "h", false, "print this help and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: etcd-config-dispenser --prefix=/key/prefix --target=/dir [flags] [-- command args...]\n\n"+
+			"Mirrors an etcd prefix into a directory, starts the command, and signals it after each change.\n"+
+			"Without a command it keeps the directory in sync (a sidecar). etcd is configured with ETCD_* variables.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.Help {
+		fs.Usage()
+		return c, ErrHelp
+	}
+	if c.Version {
+		return c, nil
+	}
+	c.Command = fs.Args()
+
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Target == "" {
+		check(errors.New("--target is required: the directory to write the files into"))
+	}
+	if c.Prefix == "" {
+		check(errors.New("--prefix is required: the etcd key prefix to mirror, for example --prefix=/certificates"))
+	}
+	var err error
+	c.Signal, err = ParseSignal(signal)
+	check(flagErr("signal", err))
+	c.Mode, err = parseMode(mode)
+	check(flagErr("mode", err))
+	if owner != "" {
+		c.UID, err = lookupID(owner, "user", func(n string) (string, error) {
+			u, err := user.Lookup(n)
+			if err != nil {
+				return "", err
+			}
+			return u.Uid, nil
+		})
+		check(flagErr("owner", err))
+	}
+	if group != "" {
+		c.GID, err = lookupID(group, "group", func(n string) (string, error) {
+			g, err := user.LookupGroup(n)
+			if err != nil {
+				return "", err
+			}
+			return g.Gid, nil
+		})
+		check(flagErr("group", err))
+	}
+	if c.Layout != "atomic" && c.Layout != "plain" {
+		check(fmt.Errorf("--layout %q: accepted values are atomic and plain", c.Layout))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		check(fmt.Errorf("--log-format %q: accepted values are text and json", c.LogFormat))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		check(fmt.Errorf("--log-level %q: accepted values are debug, info, warn and error", c.LogLevel))
+	}
+	if c.KillTimeout < 0 || c.StartTimeout < 0 || c.CheckInterval <= 0 {
+		check(errors.New("--kill-timeout and --start-timeout must not be negative, --check-interval must be positive"))
+	}
+	if c.Once && len(c.Command) > 0 {
+		check(fmt.Errorf("--once syncs and exits, so it takes no command (got %q): drop --once to run the command", c.Command[0]))
+	}
+	if c.Once && c.StartTimeout == 0 {
+		c.StartTimeout = time.Minute
+	}
+	return c, errors.Join(errs...)
+}
+
+func flagErr(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("--%s %w", name, err)
+}
+
+// ParseSignal accepts SIGHUP, HUP, hup, SIGRTMIN+3, RTMAX-1 or a number.
+func ParseSignal(s string) (syscall.Signal, error) {
+	const rtmin, rtmax = 34, 64 // as glibc and musl expose them to programs
+	bad := fmt.Errorf("%q: not a signal; use a name like SIGHUP, HUP or SIGUSR1, SIGRTMIN+N, or a number from 1 to %d", s, rtmax)
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > rtmax {
+			return 0, bad
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(strings.TrimSpace(s))
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	for base, n := range map[string]int{"SIGRTMIN": rtmin, "SIGRTMAX": rtmax} {
+		if rest, ok := strings.CutPrefix(name, base); ok {
+			off := 0
+			if rest != "" {
+				var err error
+				if off, err = strconv.Atoi(rest); err != nil || (rest[0] != '+' && rest[0] != '-') {
+					return 0, bad
+				}
+			}
+			if n+off < rtmin || n+off > rtmax {
+				return 0, bad
+			}
+			return syscall.Signal(n + off), nil
+		}
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, bad
+}
+
+func parseMode(s string) (uint32, error) {
+	t := strings.TrimPrefix(strings.TrimPrefix(s, "0o"), "0O")
+	n, err := strconv.ParseUint(t, 8, 32)
+	if err != nil || n > 0o7777 || n == 0 {
+		return 0, fmt.Errorf("%q: not a file mode; use octal digits like 0600, 0640 or 0644", s)
+	}
+	return uint32(n), nil
+}
+
+// lookupID takes a number as it is (a FROM scratch image has no /etc/passwd)
+// and looks a name up.
+func lookupID(s, kind string, lookup func(string) (string, error)) (int, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("%q: a numeric %s id must not be negative", s, kind)
+		}
+		return n, nil
+	}
+	id, err := lookup(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q: no such %s (%v); give a numeric id in images without /etc/passwd or /etc/group", s, kind, err)
+	}
+	return strconv.Atoi(id)
+}
