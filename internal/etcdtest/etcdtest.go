@@ -31,19 +31,10 @@ type Server struct {
 // Start starts a single-member etcd and stops it when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Name = "etcdtest"
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.LogLevel = "error"
-	cfg.TickMs = 10
-	cfg.ElectionMs = 100
-	client, peer := freeURL(t), freeURL(t)
-	cfg.ListenClientUrls = []url.URL{client}
-	cfg.AdvertiseClientUrls = []url.URL{client}
-	cfg.ListenPeerUrls = []url.URL{peer}
-	cfg.AdvertisePeerUrls = []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg, err := Config(t.TempDir())
+	if err != nil {
+		t.Fatalf("etcdtest: %v", err)
+	}
 	s := &Server{t: t, cfg: cfg}
 	s.start()
 	t.Cleanup(s.Stop)
@@ -154,12 +145,37 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	}
 }
 
-func freeURL(t testing.TB) url.URL {
-	t.Helper()
+// Config is a quiet, fast-electing single-member configuration with its data
+// in dir and its client and peer URLs on free loopback ports.
+func Config(dir string) (*embed.Config, error) {
+	cfg := embed.NewConfig()
+	cfg.Name = "etcdtest"
+	cfg.Dir = dir
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.LogLevel = "error"
+	cfg.TickMs = 10
+	cfg.ElectionMs = 100
+	client, err := freeURL()
+	if err != nil {
+		return nil, err
+	}
+	peer, err := freeURL()
+	if err != nil {
+		return nil, err
+	}
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.AdvertisePeerUrls = []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	return cfg, nil
+}
+
+func freeURL() (url.URL, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("etcdtest: free port: %v", err)
+		return url.URL{}, fmt.Errorf("finding a free port: %w", err)
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", l.Addr().(*net.TCPAddr).Port)}
+	return url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", l.Addr().(*net.TCPAddr).Port)}, nil
 }

@@ -1,0 +1,11 @@
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: build test demo bench
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o etcd-config-dispenser .
+
+test:
+	go test -race -count=1 -timeout 12m ./...
+
+demo:
+	go run ./cmd/demo
