@@ -26,6 +26,8 @@ type Server struct {
 	mu     sync.Mutex
 	etcd   *embed.Etcd
 	client *clientv3.Client
+	// Bridge stands between clients and the server: Endpoint goes through it.
+	Bridge *Bridge
 }
 
 // Start starts a single-member etcd and stops it when the test ends.
@@ -35,34 +37,55 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatalf("etcdtest: %v", err)
 	}
-	s := &Server{t: t, cfg: cfg}
+	b, err := newBridge(cfg.ListenClientUrls[0].Host)
+	if err != nil {
+		t.Fatalf("etcdtest: bridge: %v", err)
+	}
+	s := &Server{t: t, cfg: cfg, Bridge: b}
 	s.start()
-	t.Cleanup(s.Stop)
+	t.Cleanup(func() {
+		s.Stop()
+		b.Close()
+	})
 	return s
 }
 
-// Endpoint is the client URL, as ETCD_ENDPOINTS would name it.
-func (s *Server) Endpoint() string { return s.cfg.ListenClientUrls[0].String() }
+// Endpoint is the client URL through the bridge, as ETCD_ENDPOINTS would
+// name it.
+func (s *Server) Endpoint() string { return "http://" + s.Bridge.Addr() }
 
-// Client returns a client for the test's own reads and writes. It is closed
-// when the test ends.
+// Client returns a client for the test's own reads and writes. It talks to
+// the server directly, not through the bridge, and is closed when the test
+// ends.
 func (s *Server) Client() *clientv3.Client {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.client == nil {
-		c, err := clientv3.New(clientv3.Config{
-			Endpoints:   []string{s.Endpoint()},
-			DialTimeout: 5 * time.Second,
-			Logger:      zap.NewNop(),
-		})
-		if err != nil {
-			s.t.Fatalf("etcdtest: client: %v", err)
-		}
-		s.client = c
-		s.t.Cleanup(func() { c.Close() })
+		s.client = s.newClient(s.cfg.ListenClientUrls[0].String())
 	}
 	return s.client
+}
+
+// BridgedClient returns a new client that goes through the bridge, as the
+// code under test should.
+func (s *Server) BridgedClient() *clientv3.Client {
+	s.t.Helper()
+	return s.newClient(s.Endpoint())
+}
+
+func (s *Server) newClient(endpoint string) *clientv3.Client {
+	s.t.Helper()
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{endpoint},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		s.t.Fatalf("etcdtest: client: %v", err)
+	}
+	s.t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func (s *Server) start() {
@@ -80,11 +103,15 @@ func (s *Server) start() {
 	s.mu.Lock()
 	s.etcd = e
 	s.mu.Unlock()
+	s.Bridge.Up()
 }
 
 // Stop stops the server; clients see the connection refused. Calling it
 // twice is harmless.
 func (s *Server) Stop() {
+	// Dropping the clients first lets the server stop at once instead of
+	// waiting for open watch streams to end.
+	s.Bridge.Down()
 	s.mu.Lock()
 	e := s.etcd
 	s.etcd = nil
