@@ -1,0 +1,150 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// expected reads the prefix as etcd has it now.
+func expected(t *testing.T, c *clientv3.Client, prefix string) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for _, kv := range resp.Kvs {
+		want[string(kv.Key[len(prefix):])] = string(kv.Value)
+	}
+	return want
+}
+
+// ordered checks that the batches never went back in revision and never
+// repeated one, outside full resyncs.
+func ordered(batches []Batch) error {
+	var last int64
+	for _, b := range batches {
+		if !b.Full && b.Revision <= last {
+			return fmt.Errorf("batch at revision %d after %d", b.Revision, last)
+		}
+		last = b.Revision
+	}
+	return nil
+}
+
+// storm writes n puts and deletes, retrying each one through outages.
+func storm(t *testing.T, c *clientv3.Client, n int) {
+	t.Helper()
+	for i := range n {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var err error
+			if i%5 == 4 {
+				_, err = c.Delete(ctx, fmt.Sprintf("/p/k%d", i-2))
+			} else {
+				_, err = c.Put(ctx, fmt.Sprintf("/p/k%d", i%40), fmt.Sprint(i))
+			}
+			cancel()
+			if err == nil {
+				break
+			}
+		}
+	}
+}
+
+func TestDroppedConnectionsLoseAndRepeatNothing(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	m := &mirror{}
+	s := run(t, Options{Client: e.BridgedClient(), Prefix: "/p"}, m)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				e.Bridge.Drop()
+			}
+		}
+	})
+	storm(t, c, 400)
+	close(stop)
+	wg.Wait()
+	want := expected(t, c, "/p/")
+	etcdtest.Eventually(t, 30*time.Second, func() error { return m.equals(want) })
+	_, batches := m.snapshot()
+	if err := ordered(batches); err != nil {
+		t.Fatal(err)
+	}
+	if s.Resyncs() != 0 {
+		t.Fatalf("%d resyncs for dropped connections, want 0 (resume from the applied revision)", s.Resyncs())
+	}
+}
+
+func TestEtcdRestartDuringAWriteStormConverges(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	m := &mirror{}
+	run(t, Options{Client: e.BridgedClient(), Prefix: "/p", RequestTimeout: time.Second}, m)
+	done := make(chan struct{})
+	go func() { defer close(done); storm(t, c, 300) }()
+	etcdtest.Eventually(t, 10*time.Second, func() error {
+		if got, _ := m.snapshot(); len(got) < 5 {
+			return fmt.Errorf("only %d keys so far", len(got))
+		}
+		return nil
+	})
+	e.Restart()
+	<-done
+	want := expected(t, c, "/p/")
+	etcdtest.Eventually(t, 30*time.Second, func() error { return m.equals(want) })
+	_, batches := m.snapshot()
+	if err := ordered(batches); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeleteRangeOf5000KeysIsOneBatch(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	ctx := context.Background()
+	for i := 0; i < 5000; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < i+100; j++ {
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/p/k%05d", j), "v"))
+		}
+		if _, err := c.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Put(ctx, "/p/other", "outside the range") // not under /p/k: survives
+	m := &mirror{}
+	run(t, Options{Client: e.BridgedClient(), Prefix: "/p"}, m)
+	etcdtest.Eventually(t, 30*time.Second, func() error {
+		if got, _ := m.snapshot(); len(got) != 5001 {
+			return fmt.Errorf("%d keys", len(got))
+		}
+		return nil
+	})
+	resp, err := c.Delete(ctx, "/p/k", clientv3.WithPrefix())
+	if err != nil || resp.Deleted != 5000 {
+		t.Fatalf("deleted %v, %v", resp, err)
+	}
+	etcdtest.Eventually(t, 30*time.Second, func() error { return m.equals(map[string]string{"other": "outside the range"}) })
+	_, batches := m.snapshot()
+	last := batches[len(batches)-1]
+	if len(batches) != 2 || len(last.Changes) != 5000 || last.Revision != resp.Header.Revision {
+		t.Fatalf("%d batches, the last with %d changes at %d; want the 5000 deletes in one batch at %d",
+			len(batches), len(last.Changes), last.Revision, resp.Header.Revision)
+	}
+}
