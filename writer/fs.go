@@ -1,0 +1,174 @@
+package writer
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// createFile creates name, which must not exist, with data, Mode and the owner from Options.
+// Mode and owner are set on the open descriptor, so no symlink can redirect them, and
+// explicitly, so the umask does not matter. With syncFile the content is fsynced before the
+// file is closed (a rename alone can otherwise publish an empty file after a crash).
+func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error) {
+	f, err := w.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, w.opts.Mode)
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", name, err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("writing %s: %w", name, cerr)
+		}
+		if err != nil {
+			w.root.Remove(name)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := f.Chmod(w.opts.Mode); err != nil {
+		return fmt.Errorf("setting mode of %s: %w", name, err)
+	}
+	if w.opts.UID != -1 || w.opts.GID != -1 {
+		if err := f.Chown(w.opts.UID, w.opts.GID); err != nil {
+			return fmt.Errorf("setting owner of %s: %w", name, err)
+		}
+	}
+	if syncFile {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("syncing %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// makeDir creates directory name with dirMode and the owner from Options.
+func (w *Writer) makeDir(name string) error {
+	if err := w.root.Mkdir(name, w.dirMode); err != nil {
+		return fmt.Errorf("creating directory %s: %w", name, err)
+	}
+	// Mkdir is subject to the umask; the directory is new and ours, so Chmod meets it.
+	if err := w.root.Chmod(name, w.dirMode); err != nil {
+		return fmt.Errorf("setting mode of %s: %w", name, err)
+	}
+	return chown(w.root.Lchown, name, w.opts.UID, w.opts.GID)
+}
+
+func chown(lchown func(string, int, int) error, name string, uid, gid int) error {
+	if uid == -1 && gid == -1 {
+		return nil
+	}
+	if err := lchown(name, uid, gid); err != nil {
+		return fmt.Errorf("setting owner of %s: %w", name, err)
+	}
+	return nil
+}
+
+// readFile reads the regular file name, refusing a symlink in its place.
+func (w *Writer) readFile(name string) ([]byte, error) {
+	fi, err := w.root.Lstat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("reading %s: not a regular file", name)
+	}
+	f, err := w.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// hashFile returns the sha256 of the regular file name.
+func (w *Writer) hashFile(name string) ([32]byte, error) {
+	var sum [32]byte
+	f, err := w.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return sum, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, fmt.Errorf("reading %s: %w", name, err)
+	}
+	h.Sum(sum[:0])
+	return sum, nil
+}
+
+// readLive reads live file p (relative to the mirrored tree).
+func (w *Writer) readLive(p string) ([]byte, error) {
+	if w.opts.Layout == Atomic {
+		if w.version == "" {
+			return nil, fmt.Errorf("reading %s: no live version", p)
+		}
+		p = path.Join(w.version, p)
+	} else if err := w.realDirs(p); err != nil {
+		return nil, err
+	}
+	return w.readFile(p)
+}
+
+// wrongOwnerOrMode reports whether fi differs from what Options ask for.
+func (w *Writer) wrongOwnerOrMode(fi os.FileInfo, mode os.FileMode) bool {
+	if fi.Mode().Perm() != mode {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false
+	}
+	return (w.opts.UID != -1 && int(st.Uid) != w.opts.UID) || (w.opts.GID != -1 && int(st.Gid) != w.opts.GID)
+}
+
+// syncAll flushes the whole file system of the target with one syncfs(2): cheaper than an
+// fsync per file of a new version, and it covers the new directories too.
+func (w *Writer) syncAll() error {
+	if w.opts.NoSync {
+		return nil
+	}
+	f, err := w.root.Open(".")
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", w.absDir, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncing %s: %w", w.absDir, err)
+	}
+	return nil
+}
+
+// syncDir fsyncs directory name, which makes the renames and removals in it durable.
+func (w *Writer) syncDir(name string) error {
+	if w.opts.NoSync {
+		return nil
+	}
+	f, err := w.root.Open(name)
+	if err != nil {
+		return fmt.Errorf("syncing directory %s: %w", name, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", name, err)
+	}
+	return nil
+}
+
+// randomName returns prefix followed by random digits, for temporary entries.
+func randomName(prefix string) string {
+	return prefix + rand.Text()
+}
+
+func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) }

@@ -1,0 +1,259 @@
+package writer
+
+import (
+	"crypto/sha256"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var layouts = []Layout{Atomic, Plain}
+
+// tree is what a user of the target sees: relative path -> content.
+type tree map[string]string
+
+func put(key, value string) Change { return Change{Key: key, Value: []byte(value)} }
+func del(key string) Change        { return Change{Key: key, Delete: true} }
+
+func full(rev int64, t tree) Batch {
+	b := Batch{Revision: rev, Full: true}
+	for k, v := range t {
+		b.Changes = append(b.Changes, put(k, v))
+	}
+	return b
+}
+
+func batch(rev int64, changes ...Change) Batch { return Batch{Revision: rev, Changes: changes} }
+
+// testLogger discards logs unless the test runs with -v, where they help.
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// open opens a writer on a fresh directory "target" inside a temporary directory, so tests can
+// check that nothing appears beside it.
+func open(t testing.TB, layout Layout) (*Writer, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "target")
+	return openAt(t, Options{Dir: dir, Layout: layout, UID: -1, GID: -1}), dir
+}
+
+func openAt(t testing.TB, opts Options) *Writer {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	w, err := Open(opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w
+}
+
+func mustApply(t testing.TB, w *Writer, b Batch) Result {
+	t.Helper()
+	res, err := w.Apply(b)
+	if err != nil {
+		t.Fatalf("Apply(rev %d): %v", b.Revision, err)
+	}
+	return res
+}
+
+// visible reads the target the way a consumer does: every entry not starting with "..",
+// following symlinks.
+func visible(t testing.TB, dir string) tree {
+	t.Helper()
+	got := tree{}
+	var walk func(abs, rel string)
+	walk = func(abs, rel string) {
+		entries, err := os.ReadDir(abs)
+		if err != nil {
+			t.Fatalf("reading %s: %v", abs, err)
+		}
+		for _, e := range entries {
+			if rel == "" && strings.HasPrefix(e.Name(), "..") {
+				continue
+			}
+			p := filepath.Join(rel, e.Name())
+			fi, err := os.Stat(filepath.Join(abs, e.Name()))
+			if err != nil {
+				t.Fatalf("dangling entry %s: %v", p, err)
+			}
+			if fi.IsDir() {
+				walk(filepath.Join(abs, e.Name()), p)
+				continue
+			}
+			data, err := os.ReadFile(filepath.Join(abs, e.Name()))
+			if err != nil {
+				t.Fatalf("reading %s: %v", p, err)
+			}
+			got[p] = string(data)
+		}
+	}
+	walk(dir, "")
+	return got
+}
+
+// dataTree reads the version ..data points at (Atomic layout), resolving ..data once.
+func dataTree(t testing.TB, dir string) (string, tree) {
+	t.Helper()
+	target, err := os.Readlink(filepath.Join(dir, "..data"))
+	if err != nil {
+		t.Fatalf("reading ..data: %v", err)
+	}
+	return target, versionTree(t, filepath.Join(dir, target))
+}
+
+func versionTree(t testing.TB, vdir string) tree {
+	t.Helper()
+	got := tree{}
+	err := filepath.WalkDir(vdir, func(name string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			t.Errorf("%s: not a regular file in a version", name)
+			return nil
+		}
+		data, err := os.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(vdir, name)
+		got[rel] = string(data)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walking %s: %v", vdir, err)
+	}
+	return got
+}
+
+func sums(t tree) map[string][32]byte {
+	m := make(map[string][32]byte, len(t))
+	for p, v := range t {
+		m[p] = sha256.Sum256([]byte(v))
+	}
+	return m
+}
+
+func equalTrees(a, b tree) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func assertTree(t testing.TB, what string, got, want tree) {
+	t.Helper()
+	if !equalTrees(got, want) {
+		t.Errorf("%s:\n got %q\nwant %q", what, got, want)
+	}
+}
+
+func assertFiles(t testing.TB, w *Writer, want tree) {
+	t.Helper()
+	got, ws := w.Files(), sums(want)
+	if len(got) != len(ws) {
+		t.Errorf("Files() has %d paths, want %d: %v", len(got), len(ws), keysOf(got))
+		return
+	}
+	for p, s := range ws {
+		if got[p] != s {
+			t.Errorf("Files()[%q] is wrong or missing", p)
+		}
+	}
+}
+
+func keysOf[V any](m map[string]V) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+// names lists a directory.
+func names(t testing.TB, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ns []string
+	for _, e := range entries {
+		ns = append(ns, e.Name())
+	}
+	return ns
+}
+
+func writeFile(t testing.TB, name, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t testing.TB, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// copyTree copies src to dst, keeping symlinks as symlinks; hard links become copies. It is
+// the state a kill -9 at this instant would leave on disk.
+func copyTree(t testing.TB, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(name string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, name)
+		to := filepath.Join(dst, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.Mkdir(to, fi.Mode().Perm())
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(name)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, to)
+		default:
+			data, err := os.ReadFile(name)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(to, data, fi.Mode().Perm())
+		}
+	})
+	if err != nil {
+		t.Fatalf("copying %s: %v", src, err)
+	}
+}

@@ -1,0 +1,373 @@
+package writer
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+const (
+	// manifestName lists the files and directories we own in the Plain layout, so that after a
+	// restart we still delete only what we created.
+	manifestName   = "..etcd-config-dispenser.manifest"
+	manifestHeader = "etcd-config-dispenser manifest 1\n"
+	// tmpPrefix starts the name of every temporary entry; keys cannot produce it, so whatever
+	// carries it is a leftover of ours.
+	tmpPrefix = "..tmp"
+)
+
+// errObstructed marks a file that cannot be written because something that is not ours is in
+// the way (a directory at its path, a symlink or file where a parent directory should be).
+var errObstructed = errors.New("something that is not ours is in the way")
+
+// openPlain loads the manifest, keeps what still exists of it, hashes those files, and removes
+// temporary files a crash left behind.
+func (w *Writer) openPlain() error {
+	files, dirs, err := w.readManifest()
+	if err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		if checkKey(d) == nil && w.realDirs(d) == nil {
+			if fi, err := w.root.Lstat(d); err == nil && fi.IsDir() {
+				w.dirs[d] = true
+				continue
+			}
+		}
+		w.manifestStale = true
+	}
+	for _, p := range files {
+		if err := w.loadPlainFile(p); err != nil {
+			w.log.Debug("a file of the manifest is gone", "path", p, "error", err)
+			w.manifestStale = true
+		}
+	}
+	return w.cleanTemps()
+}
+
+// loadPlainFile hashes file p of the manifest if it is still a regular file of ours.
+func (w *Writer) loadPlainFile(p string) error {
+	if err := checkKey(p); err != nil {
+		return err
+	}
+	if err := w.realDirs(p); err != nil {
+		return err
+	}
+	fi, err := w.root.Lstat(p)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is no longer a regular file", p)
+	}
+	sum, err := w.hashFile(p)
+	if err != nil {
+		return err
+	}
+	w.live[p] = sum
+	if w.wrongOwnerOrMode(fi, w.opts.Mode) {
+		w.fix[p] = true
+	}
+	return nil
+}
+
+// cleanTemps removes ..tmp* entries from the directories we write into.
+func (w *Writer) cleanTemps() error {
+	scan := map[string]bool{".": true}
+	for d := range w.dirs {
+		scan[d] = true
+	}
+	for p := range w.live {
+		scan[path.Dir(p)] = true
+	}
+	for d := range scan {
+		names, err := readDirNames(w.root, d)
+		if err != nil {
+			return fmt.Errorf("writer: %w", err)
+		}
+		for _, name := range names {
+			if !strings.HasPrefix(name, tmpPrefix) {
+				continue
+			}
+			if err := w.root.RemoveAll(path.Join(d, name)); err != nil {
+				return fmt.Errorf("writer: removing leftover %s: %w", path.Join(d, name), err)
+			}
+			w.log.Info("removed a leftover temporary file", "path", path.Join(d, name))
+		}
+	}
+	return nil
+}
+
+// applyPlain is steps 3 to 9 of Apply for the Plain layout.
+func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
+	write, remove := w.diff(want)
+	if len(write) == 0 && len(remove) == 0 && !w.manifestStale {
+		return nil
+	}
+	if w.opts.Check != nil && (len(write) > 0 || len(remove) > 0) {
+		if err := w.checkPlain(want); err != nil {
+			return err
+		}
+	}
+	if err := w.recordIntent(write); err != nil {
+		return err
+	}
+	w.marked("intent")
+	touched := map[string]bool{}
+	defer func() {
+		res.Changed = res.Written > 0 || res.Removed > 0
+		err = errors.Join(err, w.syncDirs(touched), w.saveManifest(slices.Collect(maps.Keys(w.live)), w.dirs))
+		w.marked("manifest")
+	}()
+	for _, p := range remove {
+		if err := w.removePlain(p, touched); err != nil {
+			return err
+		}
+		res.Removed++
+		w.marked("removed")
+	}
+	w.pruneDirs(remove, write, touched)
+	for _, p := range write {
+		err := w.writePlain(p, want[p], touched)
+		if errors.Is(err, errObstructed) {
+			w.log.Error("key skipped", "reason", err.Error())
+			res.Skipped++
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		res.Written++
+		w.marked("written")
+	}
+	return nil
+}
+
+// checkPlain is step 4: Check needs the complete new tree in one directory, which the Plain
+// layout does not have, so it gets a temporary copy (hard links where unchanged).
+func (w *Writer) checkPlain(want map[string][32]byte) error {
+	staged := randomName(tmpPrefix + "check")
+	if err := w.makeDir(staged); err != nil {
+		return err
+	}
+	defer w.discard(staged)
+	if err := w.fillStaged(staged, want, ""); err != nil {
+		return err
+	}
+	if err := w.opts.Check(filepath.Join(w.absDir, staged)); err != nil {
+		return fmt.Errorf("check of the staged tree: %w", err)
+	}
+	return nil
+}
+
+// recordIntent is step 5: before creating files and directories, it adds them to the
+// manifest, so that after a crash they are known as ours. Only entries that do not exist yet
+// are added: a foreign file the key overwrites becomes ours only once it is overwritten.
+func (w *Writer) recordIntent(write []string) error {
+	var newFiles []string
+	newDirs := map[string]bool{}
+	for _, p := range write {
+		if _, ok := w.live[p]; ok {
+			continue
+		}
+		forParents(p, func(d string) {
+			if _, err := w.root.Lstat(d); isNotExist(err) {
+				newDirs[d] = true
+			}
+		})
+		if _, err := w.root.Lstat(p); isNotExist(err) {
+			newFiles = append(newFiles, p)
+		}
+	}
+	if len(newFiles) == 0 && len(newDirs) == 0 {
+		return nil
+	}
+	maps.Copy(newDirs, w.dirs)
+	return w.saveManifest(append(newFiles, slices.Collect(maps.Keys(w.live))...), newDirs)
+}
+
+// removePlain is step 6 for one file: our regular file at p goes; anything else that took its
+// place is not ours and stays.
+func (w *Writer) removePlain(p string, touched map[string]bool) error {
+	delete(w.live, p)
+	delete(w.fix, p)
+	if w.realDirs(p) != nil {
+		return nil
+	}
+	fi, err := w.root.Lstat(p)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if err := w.root.Remove(p); err != nil && !isNotExist(err) {
+		return fmt.Errorf("removing %s: %w", p, err)
+	}
+	touched[path.Dir(p)] = true
+	return nil
+}
+
+// pruneDirs is step 8: directories we created that held removed files go when empty, deepest
+// first, unless a file about to be written needs them.
+func (w *Writer) pruneDirs(removed, write []string, touched map[string]bool) {
+	keep := map[string]bool{}
+	for _, p := range write {
+		forParents(p, func(d string) { keep[d] = true })
+	}
+	cand := map[string]bool{}
+	for _, p := range removed {
+		forParents(p, func(d string) { cand[d] = w.dirs[d] && !keep[d] })
+	}
+	dirs := slices.Collect(maps.Keys(cand))
+	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	for _, d := range dirs {
+		if !cand[d] {
+			continue
+		}
+		if fi, err := w.root.Lstat(d); err != nil || !fi.IsDir() {
+			delete(w.dirs, d)
+			continue
+		}
+		if err := w.root.Remove(d); err != nil {
+			continue // not empty: something still lives there
+		}
+		delete(w.dirs, d)
+		delete(touched, d)
+		touched[path.Dir(d)] = true
+	}
+}
+
+// writePlain is step 7 for one file: a temporary file in the same directory, synced, then
+// renamed over p, so a reader opening p gets the whole old or the whole new content.
+func (w *Writer) writePlain(p string, sum [32]byte, touched map[string]bool) error {
+	if err := w.ensureDirs(p, touched); err != nil {
+		return err
+	}
+	if fi, err := w.root.Lstat(p); err == nil && fi.IsDir() {
+		return fmt.Errorf("writing %s: a directory is there: %w", p, errObstructed)
+	}
+	data, err := w.content(p)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	tmp := path.Join(path.Dir(p), randomName(tmpPrefix))
+	if err := w.createFile(tmp, data, !w.opts.NoSync); err != nil {
+		return err
+	}
+	if err := w.root.Rename(tmp, p); err != nil {
+		w.root.Remove(tmp)
+		return fmt.Errorf("renaming %s to %s: %w", tmp, p, err)
+	}
+	w.live[p] = sum
+	delete(w.fix, p)
+	touched[path.Dir(p)] = true
+	return nil
+}
+
+// ensureDirs creates the missing parent directories of p. An existing parent must be a real
+// directory: a symlink there could lead the write elsewhere, so it is never followed.
+func (w *Writer) ensureDirs(p string, touched map[string]bool) (err error) {
+	forParents(p, func(d string) {
+		if err != nil {
+			return
+		}
+		fi, lerr := w.root.Lstat(d)
+		switch {
+		case lerr == nil && fi.IsDir():
+		case lerr == nil:
+			err = fmt.Errorf("writing %s: %s is not a directory: %w", p, d, errObstructed)
+		case isNotExist(lerr):
+			if err = w.makeDir(d); err == nil {
+				w.dirs[d] = true
+				touched[path.Dir(d)] = true
+			}
+		default:
+			err = fmt.Errorf("writing %s: %w", p, lerr)
+		}
+	})
+	return err
+}
+
+// realDirs checks that every parent of p is a real directory, not a symlink.
+func (w *Writer) realDirs(p string) (err error) {
+	forParents(p, func(d string) {
+		if err != nil {
+			return
+		}
+		fi, lerr := w.root.Lstat(d)
+		if lerr != nil {
+			err = lerr
+		} else if !fi.IsDir() {
+			err = fmt.Errorf("%s is not a directory", d)
+		}
+	})
+	return err
+}
+
+// syncDirs makes the renames, creations and removals in the touched directories durable.
+func (w *Writer) syncDirs(touched map[string]bool) error {
+	var errs []error
+	for d := range touched {
+		if err := w.syncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// saveManifest writes the manifest atomically: temporary file, fsync, rename, directory fsync.
+func (w *Writer) saveManifest(files []string, dirs map[string]bool) error {
+	var b bytes.Buffer
+	b.WriteString(manifestHeader)
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		b.WriteString("d" + d + "\x00")
+	}
+	slices.Sort(files)
+	for _, p := range files {
+		b.WriteString("f" + p + "\x00")
+	}
+	tmp := randomName(tmpPrefix)
+	if err := w.createFile(tmp, b.Bytes(), !w.opts.NoSync); err != nil {
+		return fmt.Errorf("writing the manifest: %w", err)
+	}
+	if err := w.root.Rename(tmp, manifestName); err != nil {
+		w.root.Remove(tmp)
+		return fmt.Errorf("writing the manifest: %w", err)
+	}
+	w.manifestStale = false
+	return w.syncDir(".")
+}
+
+// readManifest returns the files and directories the manifest lists; none if it is missing.
+// Paths are NUL-terminated, since keys may hold any other byte.
+func (w *Writer) readManifest() (files, dirs []string, err error) {
+	data, err := w.readFile(manifestName)
+	if isNotExist(err) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("writer: reading the manifest: %w", err)
+	}
+	rest, ok := bytes.CutPrefix(data, []byte(manifestHeader))
+	if !ok {
+		return nil, nil, fmt.Errorf("writer: %s is not a manifest of ours; remove it", filepath.Join(w.absDir, manifestName))
+	}
+	for len(rest) > 0 {
+		rec, tail, found := bytes.Cut(rest, []byte{0})
+		if !found || len(rec) < 2 {
+			return nil, nil, fmt.Errorf("writer: %s is truncated or corrupt; remove it", filepath.Join(w.absDir, manifestName))
+		}
+		switch rec[0] {
+		case 'd':
+			dirs = append(dirs, string(rec[1:]))
+		case 'f':
+			files = append(files, string(rec[1:]))
+		}
+		rest = tail
+	}
+	return files, dirs, nil
+}

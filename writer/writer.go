@@ -1,0 +1,470 @@
+// Package writer publishes the mirrored keys as files in one directory, atomically and safely,
+// and reports whether anything visible changed. It knows nothing about etcd or processes.
+//
+// Guarantees:
+//   - Nothing is written, followed or deleted outside the target directory: every key goes
+//     through KeyPath, and every file system operation goes through an os.Root opened on it.
+//   - Files this package did not create are never deleted. In the Atomic layout they are not
+//     overwritten either; in the Plain layout a key that maps onto one overwrites it, because
+//     the key asks for exactly that file.
+//   - With the Atomic layout, all changes of one Apply become visible at one instant (one
+//     rename of the ..data symlink) and, unless NoSync is set, they are on disk before Apply
+//     returns. A crash at any moment leaves ..data pointing at a complete version; Open cleans
+//     the leftovers and the next Full batch converges.
+//   - A batch that leaves the tree (paths and content) as it was changes nothing on disk and
+//     reports Changed=false, so the caller signals its child only on a real change.
+//
+// Memory: the writer keeps a sha256 per key, not the values, except for the few values it
+// cannot read back from disk (keys shadowed by a directory, and changes not yet published).
+package writer
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Change is the new state of one key. Key is relative to the mirrored prefix, as etcd spells it
+// ("cert.pem", "sub/dir/a").
+type Change struct {
+	Key    string
+	Value  []byte
+	Delete bool
+}
+
+// Batch is the changes of one or more whole etcd revisions, applied as one.
+type Batch struct {
+	Revision int64
+	Full     bool     // Changes list every key that exists; every key not listed is gone (initial sync / resync)
+	Changes  []Change // in order; a later change of the same key wins
+}
+
+// Layout is how the files are laid out in the target directory.
+type Layout int
+
+const (
+	// Atomic keeps each version in its own hidden directory, makes it live by renaming the
+	// ..data symlink, and links each top-level name to ..data/<name> (the Kubernetes
+	// ConfigMap volume layout).
+	Atomic Layout = iota
+	// Plain replaces each file in place by one rename, for programs that cannot follow
+	// symlinks. A reader may see some files of a batch new and others old.
+	Plain
+)
+
+func (l Layout) String() string {
+	switch l {
+	case Atomic:
+		return "atomic"
+	case Plain:
+		return "plain"
+	}
+	return fmt.Sprintf("Layout(%d)", int(l))
+}
+
+// Options configure a Writer. The zero value of each field is a sensible default, except
+// UID and GID: 0 means root, pass -1 to leave the owner as it is.
+type Options struct {
+	Dir    string       // target directory; created (0755) if missing
+	Layout Layout       // Atomic (default) or Plain
+	Mode   os.FileMode  // file mode; 0 means 0600
+	UID    int          // owner for files and directories we create; -1 leaves it
+	GID    int          // -1 leaves it
+	NoSync bool         // skip fsync (benchmarks / tmpfs); default false = durable
+	Logger *slog.Logger // nil = slog.Default()
+	// Check, if set, is called with the absolute path of the staged new version (a directory
+	// holding the complete new tree) before it goes live; an error keeps the old version live,
+	// Apply returns that error wrapped, and the next Apply tries again.
+	Check func(staged string) error
+}
+
+// Result says what an Apply did.
+type Result struct {
+	Changed          bool // something visible changed (the caller signals the child only then)
+	Written, Removed int  // files written (new or changed content) and removed
+	Skipped          int  // keys that do not map to a safe path (logged each time)
+}
+
+// Writer mirrors a model of keys into Options.Dir. It is not safe for concurrent use: the
+// caller serialises Apply, Files and Close (there is one writer per target directory, and
+// two Applies racing would interleave their versions).
+type Writer struct {
+	opts    Options
+	dirMode os.FileMode
+	log     *slog.Logger
+	root    *os.Root
+	absDir  string
+
+	// The desired state: every accepted key, and for each directory the number of keys below
+	// it. A key with keys below it is shadowed: the directory wins.
+	keys  map[string]*entry
+	below map[string]int
+
+	// The published state: relative path -> sha256 of the files now live, and those of them
+	// whose mode or owner differ from Options (found at Open; they get rewritten).
+	live map[string][32]byte
+	fix  map[string]bool
+
+	// Atomic layout.
+	version  string          // the version directory ..data points at; "" before the first
+	previous string          // the version before it, kept for readers still inside it
+	rebuild  bool            // the live version holds junk or wrong directory modes
+	relink   bool            // check every top-level link at the next Apply
+	unlinked map[string]bool // top-level names taken by an entry that is not ours
+
+	// Plain layout.
+	dirs          map[string]bool // directories we created
+	manifestStale bool            // the manifest on disk lists something we no longer own
+
+	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
+	// target directory there to see what a kill -9 at that moment would leave.
+	step func(name string)
+}
+
+// entry is one key of the model. value is kept only while the key is shadowed or its content
+// is not live yet; otherwise the bytes are on disk and only the sum is needed.
+type entry struct {
+	sum   [32]byte
+	value []byte
+}
+
+// Open validates opts, creates Dir if missing, cleans what a crash left behind, and loads the
+// tree that is already live, so that a Full batch with the same content is a no-op.
+func Open(opts Options) (*Writer, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("writer: Options.Dir is empty")
+	}
+	if opts.Layout != Atomic && opts.Layout != Plain {
+		return nil, fmt.Errorf("writer: unknown layout %v", opts.Layout)
+	}
+	if opts.Mode == 0 {
+		opts.Mode = 0o600
+	}
+	if opts.Mode&^os.ModePerm != 0 {
+		return nil, fmt.Errorf("writer: mode %v has bits other than permissions", opts.Mode)
+	}
+	if opts.UID < -1 || opts.GID < -1 {
+		return nil, fmt.Errorf("writer: invalid owner %d:%d", opts.UID, opts.GID)
+	}
+	// New files get our own ids anyway; not calling chown then also works when not root.
+	if opts.UID == os.Geteuid() {
+		opts.UID = -1
+	}
+	if opts.GID == os.Getegid() {
+		opts.GID = -1
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	abs, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("writer: %w", err)
+	}
+	w := &Writer{
+		opts:    opts,
+		dirMode: dirMode(opts.Mode),
+		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
+		absDir:  abs,
+		keys:    make(map[string]*entry),
+		below:   make(map[string]int),
+		live:    make(map[string][32]byte),
+		fix:     make(map[string]bool),
+		dirs:    make(map[string]bool),
+	}
+	if err := w.openDir(); err != nil {
+		return nil, err
+	}
+	if opts.Layout == Atomic {
+		err = w.openAtomic()
+	} else {
+		err = w.openPlain()
+	}
+	if err != nil {
+		w.root.Close()
+		return nil, err
+	}
+	for p, sum := range w.live {
+		w.put(p, sum, nil)
+	}
+	w.log.Info("target opened", "files", len(w.live), "version", w.version)
+	return w, nil
+}
+
+// openDir creates the target directory if needed (0755, owned by UID:GID) and opens the root
+// that every later operation goes through.
+func (w *Writer) openDir() error {
+	if _, err := os.Stat(w.absDir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(w.absDir, 0o755); err != nil {
+			return fmt.Errorf("writer: creating %s: %w", w.absDir, err)
+		}
+		if err := chown(os.Lchown, w.absDir, w.opts.UID, w.opts.GID); err != nil {
+			return fmt.Errorf("writer: %w", err)
+		}
+	}
+	root, err := os.OpenRoot(w.absDir)
+	if err != nil {
+		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
+	}
+	w.root = root
+	return nil
+}
+
+// dirMode is the mode for directories holding files of mode m: x added wherever r is set, so
+// that whoever may read the files may also reach them (0600 -> 0700, 0644 -> 0755).
+func dirMode(m os.FileMode) os.FileMode {
+	return m | (m&0o444)>>2
+}
+
+// Apply makes the target show the model after batch b, and reports what changed.
+//
+//  1. Fold the batch into the model of desired keys (fold). Keys that do not map to a safe
+//     path are skipped and logged; the value of a key that a new key below it shadows is
+//     remembered, so the key can reappear when its children are gone.
+//  2. Compute the desired tree (desiredTree): every key with no key below it (the directory
+//     wins), as path -> sha256. The choice depends on the whole model, never on event order.
+//  3. Compare it with the live tree (diff). If they are equal, nothing is written and
+//     Changed is false; with the Atomic layout, missing or stale top-level links are still
+//     healed after Open.
+//
+// The Atomic layout then (applyAtomic):
+//
+//  4. Stage the complete new tree in a fresh version directory named after the time
+//     (stage): unchanged files are hard-linked from the live version, changed ones written
+//     with Mode and owner, directories created with dirMode(Mode).
+//  5. Call Options.Check on the staged directory; an error discards it and keeps the old
+//     version live.
+//  6. Sync the file system (syncfs), so the new version is durable before it is visible.
+//  7. Point the symlink ..data_tmp at the new version and rename it over ..data (swap). This
+//     is the one atomic step: a reader resolving ..data sees the complete old or new tree.
+//  8. Sync the target directory, so the rename itself survives a crash.
+//  9. Reconcile the top-level links (relink): name -> ..data/name for each new top-level
+//     name, and remove our links for names that are gone. Names taken by a file that is not
+//     ours are left alone and logged.
+//  10. Delete the version before the previous one (prune). The previous one stays, so a
+//     reader that resolved into it just before the swap can finish.
+//
+// The Plain layout then (applyPlain):
+//
+//  4. If Options.Check is set, stage a copy of the new tree in a ..tmp directory and check it.
+//  5. Record in the manifest the files and directories about to be created, so a crash
+//     does not turn them into foreign files.
+//  6. Remove the files that are gone (only our own).
+//  7. Write each changed file: temporary file in the same directory, fsync, rename.
+//  8. Remove directories we created that are now empty, and sync the directories touched.
+//  9. Write the manifest of what we own.
+//
+// Finally, values no longer needed are dropped (forget).
+//
+// An error leaves the model updated but the old tree live: the next Apply, even of an empty
+// batch, tries to publish again. Apply is not safe for concurrent use.
+func (w *Writer) Apply(b Batch) (Result, error) {
+	var res Result
+	if w.root == nil {
+		return res, errors.New("writer: Apply after Close")
+	}
+	res.Skipped = w.fold(b)
+	want := w.desiredTree()
+	var err error
+	if w.opts.Layout == Atomic {
+		err = w.applyAtomic(want, &res)
+	} else {
+		err = w.applyPlain(want, &res)
+	}
+	if err != nil {
+		return res, fmt.Errorf("applying revision %d: %w", b.Revision, err)
+	}
+	w.forget()
+	if res.Changed {
+		w.log.Info("batch applied", "revision", b.Revision, "written", res.Written,
+			"removed", res.Removed, "skipped", res.Skipped, "version", w.version)
+	} else {
+		w.log.Debug("batch changed nothing", "revision", b.Revision, "skipped", res.Skipped)
+	}
+	return res, nil
+}
+
+// Files returns the live tree: relative path -> sha256 of its content. The map is a copy.
+func (w *Writer) Files() map[string][32]byte {
+	return maps.Clone(w.live)
+}
+
+// Close releases the target directory. The files stay.
+func (w *Writer) Close() error {
+	if w.root == nil {
+		return nil
+	}
+	err := w.root.Close()
+	w.root = nil
+	return err
+}
+
+// fold is step 1: it applies the changes to the model and returns how many keys it skipped.
+func (w *Writer) fold(b Batch) (skipped int) {
+	if b.Full {
+		w.keys = make(map[string]*entry, len(b.Changes))
+		w.below = make(map[string]int)
+	}
+	put := make(map[string]bool)
+	for _, c := range b.Changes {
+		p, err := KeyPath(c.Key)
+		if err != nil {
+			w.log.Warn("key skipped", "revision", b.Revision, "reason", err.Error())
+			skipped++
+			continue
+		}
+		if c.Delete {
+			w.remove(p)
+			delete(put, p)
+			continue
+		}
+		w.put(p, sha256.Sum256(c.Value), bytes.Clone(c.Value))
+		put[p] = true
+	}
+	// A key put in this batch, or one whose first child arrived in it, is reported while a
+	// key below it exists.
+	shadowed := make(map[string]bool)
+	for p := range put {
+		if w.below[p] > 0 {
+			shadowed[p] = true
+		}
+		forParents(p, func(d string) {
+			if _, ok := w.keys[d]; ok {
+				shadowed[d] = true
+			}
+		})
+	}
+	for _, p := range slices.Sorted(maps.Keys(shadowed)) {
+		w.log.Warn("key skipped", "revision", b.Revision,
+			"reason", fmt.Sprintf("key %q: keys below it exist, so it is a directory; it returns as a file when they are gone", p))
+		skipped++
+	}
+	return skipped
+}
+
+// put sets key p in the model. value may be nil only when the content is live on disk.
+func (w *Writer) put(p string, sum [32]byte, value []byte) {
+	if e, ok := w.keys[p]; ok {
+		e.sum, e.value = sum, value
+		return
+	}
+	w.keys[p] = &entry{sum: sum, value: value}
+	forParents(p, func(d string) {
+		w.below[d]++
+		if w.below[d] == 1 {
+			w.shadow(d)
+		}
+	})
+}
+
+// shadow keeps the value of key d (if it is one) now that a key below it hides it; its file
+// will be removed, and it must be able to come back.
+func (w *Writer) shadow(d string) {
+	e, ok := w.keys[d]
+	if !ok || e.value != nil {
+		return
+	}
+	data, err := w.readLive(d)
+	if err != nil {
+		w.log.Error("cannot keep the value of a key hidden by keys below it; it returns only at the next full sync",
+			"key", d, "error", err)
+		delete(w.keys, d)
+		forParents(d, func(a string) { w.decBelow(a) })
+		return
+	}
+	e.value, e.sum = data, sha256.Sum256(data)
+}
+
+// remove deletes key p from the model.
+func (w *Writer) remove(p string) {
+	if _, ok := w.keys[p]; !ok {
+		return
+	}
+	delete(w.keys, p)
+	forParents(p, func(d string) { w.decBelow(d) })
+}
+
+func (w *Writer) decBelow(d string) {
+	if w.below[d]--; w.below[d] <= 0 {
+		delete(w.below, d)
+	}
+}
+
+// desiredTree is step 2.
+func (w *Writer) desiredTree() map[string][32]byte {
+	t := make(map[string][32]byte, len(w.keys))
+	for p, e := range w.keys {
+		if w.below[p] == 0 {
+			t[p] = e.sum
+		}
+	}
+	return t
+}
+
+// diff is step 3: the paths to write (new, changed, or with a wrong mode or owner) and the
+// paths to remove, both sorted.
+func (w *Writer) diff(want map[string][32]byte) (write, remove []string) {
+	for p, sum := range want {
+		if old, ok := w.live[p]; !ok || old != sum || w.fix[p] {
+			write = append(write, p)
+		}
+	}
+	for p := range w.live {
+		if _, ok := want[p]; !ok {
+			remove = append(remove, p)
+		}
+	}
+	slices.Sort(write)
+	slices.Sort(remove)
+	return write, remove
+}
+
+// content returns the bytes of desired file p: the remembered value, or the live file.
+func (w *Writer) content(p string) ([]byte, error) {
+	if v := w.keys[p].value; v != nil {
+		return v, nil
+	}
+	return w.readLive(p)
+}
+
+// forget drops the values that are now live on disk and not shadowed.
+func (w *Writer) forget() {
+	for p, e := range w.keys {
+		if e.value == nil || w.below[p] > 0 {
+			continue
+		}
+		if sum, ok := w.live[p]; ok && sum == e.sum {
+			e.value = nil
+		}
+	}
+}
+
+// forParents calls fn for each parent directory of p, outermost first ("a", "a/b" for "a/b/c").
+func forParents(p string, fn func(dir string)) {
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' {
+			fn(p[:i])
+		}
+	}
+}
+
+// topName is the first segment of p.
+func topName(p string) string {
+	if i := strings.IndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
+// marked calls the test hook of the named step.
+func (w *Writer) marked(step string) {
+	if w.step != nil {
+		w.step(step)
+	}
+}
