@@ -1,0 +1,129 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Realtime signals forwarded to the child: 35 to 64. 32 and 33 belong to glibc's thread
+// library (so glibc programs call 34 SIGRTMIN) and 34 to musl's; the Go runtime never hands
+// these three to signal.Notify.
+const (
+	sigRTMIN      = 34 // as glibc programs see it
+	firstRealtime = 35
+	lastRealtime  = 64
+)
+
+// forwardedStandard are the standard signals we pass on to the child. The others are left out:
+// SIGKILL and SIGSTOP cannot be caught; SIGCHLD is ours (reaping); SIGURG is sent by the Go
+// runtime to itself for goroutine preemption; SIGPROF is kept by the Go runtime for profiling
+// and never reaches signal.Notify; SIGPIPE is raised by the kernel when we write to
+// a broken connection (to etcd, a closed stdout), which must not reach the child; SIGSEGV,
+// SIGBUS, SIGFPE and SIGILL report our own faults and must keep crashing us.
+var forwardedStandard = []syscall.Signal{
+	unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGTRAP, unix.SIGABRT, unix.SIGUSR1,
+	unix.SIGUSR2, unix.SIGALRM, unix.SIGTERM, unix.SIGSTKFLT, unix.SIGCONT, unix.SIGTSTP,
+	unix.SIGTTIN, unix.SIGTTOU, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGWINCH, unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
+}
+
+// notForwarded are caught only so they do not kill us: SIGPIPE's default would end PID 1 on a
+// write to a closed stdout.
+var notForwarded = []os.Signal{syscall.SIGPIPE}
+
+// Forwardable lists every signal the supervisor forwards to the child.
+func Forwardable() []syscall.Signal {
+	sigs := append([]syscall.Signal(nil), forwardedStandard...)
+	for n := firstRealtime; n <= lastRealtime; n++ {
+		sigs = append(sigs, syscall.Signal(n))
+	}
+	return sigs
+}
+
+// forwardable is Forwardable as the []os.Signal that signal.Notify wants.
+func forwardable() []os.Signal {
+	var sigs []os.Signal
+	for _, sig := range Forwardable() {
+		sigs = append(sigs, sig)
+	}
+	return sigs
+}
+
+// terminating are the signals that ask the dispenser itself to stop when no child runs, and
+// that start the kill timer when forwarded to a running child.
+func terminating(sig syscall.Signal) bool {
+	return sig == syscall.SIGTERM || sig == syscall.SIGINT || sig == syscall.SIGQUIT
+}
+
+// handle applies the forwarding rules to one signal the dispenser received.
+func (s *Supervisor) handle(sig syscall.Signal) {
+	if !isForwardable(sig) {
+		s.log.Debug("signal ignored", "signal", signalName(sig))
+		return
+	}
+	err := s.Signal(sig)
+	switch {
+	case errors.Is(err, ErrNotRunning):
+		s.notifyTerminated(sig)
+	case err != nil:
+		s.log.Warn("forwarding signal failed", "signal", signalName(sig), "error", err)
+	default:
+		s.log.Debug("signal forwarded", "signal", signalName(sig))
+		s.armKillTimer(sig)
+	}
+}
+
+// notifyTerminated tells main about a terminating signal that no child can receive.
+func (s *Supervisor) notifyTerminated(sig syscall.Signal) {
+	if !terminating(sig) {
+		s.log.Debug("signal dropped, no child", "signal", signalName(sig))
+		return
+	}
+	select {
+	case s.terminated <- sig:
+	default: // main has one pending already
+	}
+}
+
+// armKillTimer (loop goroutine only) starts the KillTimeout countdown after a SIGTERM or SIGINT reached the child:
+// a child that asked to stop but hangs is SIGKILLed, so the container does stop.
+func (s *Supervisor) armKillTimer(sig syscall.Signal) {
+	if sig != syscall.SIGTERM && sig != syscall.SIGINT {
+		return
+	}
+	if s.killTimer == nil {
+		s.killTimer = time.After(s.killTimeout)
+	}
+}
+
+// killAfterTimeout is the end of the countdown armKillTimer started.
+func (s *Supervisor) killAfterTimeout() {
+	if !s.running() {
+		return
+	}
+	s.log.Warn("child did not exit in time after a terminating signal, sending SIGKILL", "grace", s.killTimeout)
+	if err := s.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, ErrNotRunning) {
+		s.log.Warn("signalling child failed", "signal", "SIGKILL", "error", err)
+	}
+}
+
+func isForwardable(sig syscall.Signal) bool {
+	for _, f := range Forwardable() {
+		if f == sig {
+			return true
+		}
+	}
+	return false
+}
+
+// signalName is "SIGHUP" for syscall.SIGHUP and "SIGRTMIN+1" for 35.
+func signalName(sig syscall.Signal) string {
+	if name := unix.SignalName(sig); name != "" {
+		return name
+	}
+	return fmt.Sprintf("SIGRTMIN+%d", int(sig)-sigRTMIN)
+}

@@ -1,0 +1,219 @@
+package supervisor
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultKillTimeout is the grace period used when Options.KillTimeout is 0.
+const DefaultKillTimeout = 5 * time.Second
+
+// ErrNotRunning is returned by Signal when there is no child to signal: it was never started,
+// or it has exited and been reaped (its pid may already belong to someone else).
+var ErrNotRunning = errors.New("supervisor: child is not running")
+
+// Options configure a Supervisor. The zero value is usable.
+type Options struct {
+	KillTimeout  time.Duration // grace after SIGTERM before SIGKILL at shutdown; 0 means 5s
+	ProcessGroup bool          // deliver signals to the child's whole process group (child started with Setpgid) instead of the child only
+	Logger       *slog.Logger  // nil = slog.Default()
+}
+
+// Supervisor is the init side of the dispenser: one child, every zombie, every signal.
+// There must be at most one per process, because signal handling and reaping are process-wide.
+type Supervisor struct {
+	killTimeout  time.Duration
+	processGroup bool
+	log          *slog.Logger
+
+	signals    chan os.Signal // forwardable signals, from signal.Notify
+	sigchld    chan os.Signal // SIGCHLD only; capacity 1 is enough because one reap drains all
+	terminated chan os.Signal
+	done       chan struct{}
+
+	// mu is held while forking the child and while calling wait4, so that a pid seen under mu
+	// and not yet marked exited is still ours: the kernel cannot reuse it before we reap it.
+	mu     sync.Mutex
+	pid    int // the child's pid, 0 before Start
+	exited bool
+	status syscall.WaitStatus
+
+	killTimer <-chan time.Time // armed by a forwarded SIGTERM/SIGINT; used by loop only
+}
+
+// New takes over the process's signals and reaping at once, before any child exists: it
+// subscribes to every forwardable signal and SIGCHLD, becomes a child subreaper when it is not
+// PID 1 (so orphans of the child are reparented to us and reaped), and starts the single
+// goroutine that reaps and forwards.
+func New(opts Options) (*Supervisor, error) {
+	s := &Supervisor{
+		killTimeout:  opts.KillTimeout,
+		processGroup: opts.ProcessGroup,
+		log:          opts.Logger,
+		signals:      make(chan os.Signal, 64),
+		sigchld:      make(chan os.Signal, 1),
+		terminated:   make(chan os.Signal, 1),
+		done:         make(chan struct{}),
+	}
+	if s.killTimeout <= 0 {
+		s.killTimeout = DefaultKillTimeout
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if err := becomeSubreaper(); err != nil {
+		return nil, err
+	}
+	signal.Notify(s.sigchld, syscall.SIGCHLD)
+	signal.Notify(s.signals, forwardable()...)
+	signal.Notify(s.signals, notForwarded...)
+	go s.loop()
+	// A child of ours may have exited before Notify; reap it now rather than at the next SIGCHLD.
+	select {
+	case s.sigchld <- syscall.SIGCHLD:
+	default:
+	}
+	return s, nil
+}
+
+// becomeSubreaper makes orphaned descendants reparent to us instead of to the real PID 1.
+// PID 1 gets them anyway.
+func becomeSubreaper() error {
+	if os.Getpid() == 1 {
+		return nil
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+	}
+	return nil
+}
+
+// loop is the only goroutine that reaps, and the one that forwards signals.
+func (s *Supervisor) loop() {
+	for {
+		select {
+		case <-s.sigchld:
+			s.reap()
+		case sig := <-s.signals:
+			s.handle(sig.(syscall.Signal))
+		case <-s.killTimer:
+			s.killAfterTimeout()
+		}
+	}
+}
+
+// Terminated delivers SIGTERM, SIGINT or SIGQUIT when one arrives while no child is running
+// (before Start, in sidecar mode without a child, or after the child exited), so main can shut
+// down. While a child runs these signals are forwarded to it instead.
+func (s *Supervisor) Terminated() <-chan os.Signal { return s.terminated }
+
+// Done is closed when the child has exited and been reaped.
+func (s *Supervisor) Done() <-chan struct{} { return s.done }
+
+// Signal sends sig to the child, or to its process group with Options.ProcessGroup. It is the
+// path for the reload signal and for forwarded signals. After the child has been reaped it
+// returns ErrNotRunning and sends nothing.
+func (s *Supervisor) Signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pid <= 0 || s.exited {
+		return ErrNotRunning
+	}
+	target := s.pid
+	if s.processGroup {
+		target = -s.pid
+	}
+	if !safeTarget(target) {
+		return ErrNotRunning
+	}
+	if err := syscall.Kill(target, sig); err != nil {
+		return os.NewSyscallError("kill", err)
+	}
+	return nil
+}
+
+// safeTarget refuses the kill(2) targets that reach processes we did not start:
+// 0 (our own group), -1 (everyone), our own pid and our own process group.
+func safeTarget(target int) bool {
+	switch target {
+	case 0, -1, os.Getpid(), -os.Getpid(), -syscall.Getpgrp():
+		return false
+	}
+	return true
+}
+
+// running reports whether the child was started and not yet reaped.
+func (s *Supervisor) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pid > 0 && !s.exited
+}
+
+// Shutdown stops everything and returns the exit code the dispenser should exit with.
+//
+//  1. If the child still runs: SIGTERM it, wait up to KillTimeout, then SIGKILL it.
+//  2. SIGTERM every remaining descendant (orphans reparented to us and their children), wait
+//     for the rest of the same grace period, then SIGKILL them.
+//  3. Wait until all of them are reaped.
+//
+// The code is the child's exit code, 128+N if it was killed by signal N, and 0 if no child
+// was ever started.
+func (s *Supervisor) Shutdown() int {
+	deadline := time.Now().Add(s.killTimeout)
+	s.stopChild(deadline)
+	s.stopDescendants(deadline)
+	return s.ExitCode()
+}
+
+// stopChild is step 1 of Shutdown.
+func (s *Supervisor) stopChild(deadline time.Time) {
+	if !s.running() {
+		return
+	}
+	s.log.Info("stopping child", "signal", "SIGTERM", "grace", s.killTimeout)
+	if err := s.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, ErrNotRunning) {
+		s.log.Warn("signalling child failed", "signal", "SIGTERM", "error", err)
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-s.done:
+		return
+	case <-timer.C:
+	}
+	s.log.Warn("child did not exit in time, sending SIGKILL", "grace", s.killTimeout)
+	if err := s.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, ErrNotRunning) {
+		s.log.Warn("signalling child failed", "signal", "SIGKILL", "error", err)
+	}
+	<-s.done
+}
+
+// ExitCode is the exit code the dispenser should exit with, following the shell and tini
+// convention: the child's own exit code, 128+N when a signal N killed it, 0 without a child.
+// It is only meaningful once Done is closed.
+func (s *Supervisor) ExitCode() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.exited {
+		return 0
+	}
+	return exitCode(s.status)
+}
+
+// exitCode maps a wait status to a shell-style exit code.
+func exitCode(ws syscall.WaitStatus) int {
+	switch {
+	case ws.Exited():
+		return ws.ExitStatus()
+	case ws.Signaled():
+		return 128 + int(ws.Signal())
+	}
+	return 1
+}
