@@ -185,6 +185,7 @@ func (w *Writer) fillStaged(staged string, want map[string][32]byte, from string
 		if err := w.stageFile(staged, p, sum, made, from); err != nil {
 			return err
 		}
+		w.marked("staging")
 	}
 	return nil
 }

@@ -48,7 +48,14 @@ func (w *Writer) openPlain() error {
 			w.manifestStale = true
 		}
 	}
-	return w.cleanTemps()
+	if err := w.cleanTemps(); err != nil {
+		return err
+	}
+	// A crash between removing files and pruning their directories leaves them empty.
+	n := len(w.dirs)
+	w.pruneDirs(slices.Collect(maps.Keys(w.dirs)), map[string]bool{})
+	w.manifestStale = w.manifestStale || len(w.dirs) != n
+	return nil
 }
 
 // loadPlainFile hashes file p of the manifest if it is still a regular file of ours.
@@ -132,7 +139,7 @@ func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
 		res.Removed++
 		w.marked("removed")
 	}
-	w.pruneDirs(remove, write, touched)
+	w.pruneDirs(emptiedDirs(remove, write), touched)
 	for _, p := range write {
 		err := w.writePlain(p, want[p], touched)
 		if errors.Is(err, errObstructed) {
@@ -211,21 +218,12 @@ func (w *Writer) removePlain(p string, touched map[string]bool) error {
 	return nil
 }
 
-// pruneDirs is step 8: directories we created that held removed files go when empty, deepest
-// first, unless a file about to be written needs them.
-func (w *Writer) pruneDirs(removed, write []string, touched map[string]bool) {
-	keep := map[string]bool{}
-	for _, p := range write {
-		forParents(p, func(d string) { keep[d] = true })
-	}
-	cand := map[string]bool{}
-	for _, p := range removed {
-		forParents(p, func(d string) { cand[d] = w.dirs[d] && !keep[d] })
-	}
-	dirs := slices.Collect(maps.Keys(cand))
+// pruneDirs is step 8: the given directories, if we created them, go when empty, deepest
+// first. A directory that is not empty holds something, maybe not ours, and stays.
+func (w *Writer) pruneDirs(dirs []string, touched map[string]bool) {
 	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	for _, d := range dirs {
-		if !cand[d] {
+		if !w.dirs[d] {
 			continue
 		}
 		if fi, err := w.root.Lstat(d); err != nil || !fi.IsDir() {
@@ -233,12 +231,30 @@ func (w *Writer) pruneDirs(removed, write []string, touched map[string]bool) {
 			continue
 		}
 		if err := w.root.Remove(d); err != nil {
-			continue // not empty: something still lives there
+			continue // not empty
 		}
 		delete(w.dirs, d)
 		delete(touched, d)
 		touched[path.Dir(d)] = true
 	}
+}
+
+// emptiedDirs returns the parent directories of the removed files that no file about to be
+// written needs: the candidates for pruneDirs.
+func emptiedDirs(removed, write []string) []string {
+	keep := map[string]bool{}
+	for _, p := range write {
+		forParents(p, func(d string) { keep[d] = true })
+	}
+	cand := map[string]bool{}
+	for _, p := range removed {
+		forParents(p, func(d string) {
+			if !keep[d] {
+				cand[d] = true
+			}
+		})
+	}
+	return slices.Collect(maps.Keys(cand))
 }
 
 // writePlain is step 7 for one file: a temporary file in the same directory, synced, then
@@ -248,7 +264,12 @@ func (w *Writer) writePlain(p string, sum [32]byte, touched map[string]bool) err
 		return err
 	}
 	if fi, err := w.root.Lstat(p); err == nil && fi.IsDir() {
-		return fmt.Errorf("writing %s: a directory is there: %w", p, errObstructed)
+		// An empty directory of ours (its files went in an earlier, interrupted Apply) makes
+		// way; anything else stays.
+		w.pruneDirs([]string{p}, touched)
+		if _, err := w.root.Lstat(p); err == nil {
+			return fmt.Errorf("writing %s: a directory is there: %w", p, errObstructed)
+		}
 	}
 	data, err := w.content(p)
 	if err != nil {

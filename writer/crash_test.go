@@ -1,0 +1,112 @@
+package writer
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCrashAtEveryStepConverges copies the target at every step of Apply (what a kill -9
+// there would leave), then checks on each copy that readers see a whole old or new tree, and
+// that Open plus a Full batch converge to the new tree and clean every leftover.
+func TestCrashAtEveryStepConverges(t *testing.T) {
+	old := tree{"a": "A1", "sub/b": "B1", "gone": "G", "dir/x": "X", "sub/deep/y": "Y"}
+	next := tree{"a": "A2", "sub/b": "B1", "new/c": "C", "sub/n": "N", "dir": "a file now"}
+	for _, layout := range layouts {
+		for _, tc := range []struct {
+			name       string
+			before     tree
+			after      tree
+			firstBatch bool
+		}{
+			{"first sync", nil, old, true},
+			{"update", old, next, false},
+		} {
+			t.Run(layout.String()+"/"+tc.name, func(t *testing.T) {
+				w, dir := open(t, layout)
+				if !tc.firstBatch {
+					mustApply(t, w, full(1, tc.before))
+				}
+				crashes := t.TempDir()
+				var steps []string
+				w.step = func(step string) {
+					snap := filepath.Join(crashes, fmt.Sprintf("%02d-%s", len(steps), step))
+					copyTree(t, dir, snap)
+					steps = append(steps, snap)
+				}
+				mustApply(t, w, full(2, tc.after))
+				if len(steps) < 4 {
+					t.Fatalf("only %d steps seen", len(steps))
+				}
+				for _, snap := range steps {
+					t.Run(filepath.Base(snap), func(t *testing.T) {
+						checkCrashState(t, layout, snap, tc.before, tc.after)
+						checkRecovery(t, layout, snap, tc.after)
+					})
+				}
+			})
+		}
+	}
+}
+
+// checkCrashState checks what a reader sees in a target left by a crash.
+func checkCrashState(t *testing.T, layout Layout, dir string, before, after tree) {
+	if layout == Atomic {
+		if _, err := os.Lstat(filepath.Join(dir, "..data")); os.IsNotExist(err) {
+			if len(before) != 0 {
+				t.Fatal("..data is missing")
+			}
+			return
+		}
+		_, data := dataTree(t, dir)
+		if !equalTrees(data, before) && !equalTrees(data, after) {
+			t.Errorf("..data shows a mix: %q", data)
+		}
+		return
+	}
+	// Plain: each file is whole, old or new.
+	for p, v := range visible(t, dir) {
+		if v != before[p] && v != after[p] {
+			t.Errorf("%s = %q, neither old nor new", p, v)
+		}
+	}
+}
+
+// checkRecovery opens the crashed target and applies the Full batch a restart would.
+func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
+	w := openAt(t, Options{Dir: dir, Layout: layout, UID: -1, GID: -1})
+	mustApply(t, w, full(3, want))
+	assertTree(t, "after recovery", visible(t, dir), want)
+	assertFiles(t, w, want)
+	if layout == Atomic {
+		_, data := dataTree(t, dir)
+		assertTree(t, "..data after recovery", data, want)
+	}
+	versions := 0
+	for _, n := range names(t, dir) {
+		switch {
+		case versionName.MatchString(n):
+			versions++
+		case n == "..data" || n == manifestName:
+		case strings.HasPrefix(n, ".."):
+			t.Errorf("leftover %s", n)
+		}
+	}
+	filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		if ns := names(t, name); len(ns) == 0 {
+			t.Errorf("empty directory %s left", name)
+		}
+		return nil
+	})
+	if versions > 2 {
+		t.Errorf("%d version directories left", versions)
+	}
+	if res := mustApply(t, w, full(4, want)); res.Changed {
+		t.Errorf("a second Full batch changed something: %+v", res)
+	}
+}
