@@ -21,8 +21,8 @@ type proc struct {
 	zombie    bool
 }
 
-// stopDescendants is step 2 and 3 of Shutdown: SIGTERM every live descendant (including ones
-// that appear meanwhile), wait until deadline for all of them to be gone and reaped, then
+// stopDescendants is step 2 and 3 of Shutdown: SIGTERM and SIGCONT every live descendant
+// (including ones that appear meanwhile), wait until deadline for all of them to be gone and reaped, then
 // SIGKILL what is left and wait one more grace period. Processes that are not below us in the
 // process tree, such as members of our own process group started by someone else or a
 // `docker exec` shell, are never signalled.
@@ -57,6 +57,9 @@ func (s *Supervisor) signalDescendants(sig syscall.Signal, sent map[int]bool, de
 			s.log.Info("signalling leftover process", "pid", p.pid, "signal", signalName(sig))
 			if err := signalDescendant(p.pid, sig); err != nil {
 				s.log.Debug("signalling leftover process failed", "pid", p.pid, "error", err)
+			}
+			if sig == syscall.SIGTERM { // a stopped process acts on SIGTERM only once continued
+				signalDescendant(p.pid, syscall.SIGCONT)
 			}
 		}
 		if time.Now().After(deadline) {

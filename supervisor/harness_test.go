@@ -64,6 +64,8 @@ func startInit(t *testing.T, cfg initConfig) *initProc {
 	cmd.Env = append(withoutVar(withoutVar(os.Environ(), envInit), envChild),
 		envInit+"="+mode, envKillTimeout+"="+cfg.killTimeout.String())
 	cmd.Env = append(cmd.Env, cfg.env...)
+	// The race runtime sleeps a second at exit by default; our processes exit a lot.
+	cmd.Env = append(cmd.Env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	if cfg.processGroup {
 		cmd.Env = append(cmd.Env, envProcessGroup+"=1")
 	}

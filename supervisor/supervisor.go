@@ -158,7 +158,8 @@ func (s *Supervisor) running() bool {
 
 // Shutdown stops everything and returns the exit code the dispenser should exit with.
 //
-//  1. If the child still runs: SIGTERM it, wait up to KillTimeout, then SIGKILL it.
+//  1. If the child still runs: SIGTERM it (and SIGCONT, so a stopped child sees the SIGTERM),
+//     wait up to KillTimeout, then SIGKILL it.
 //  2. SIGTERM every remaining descendant (orphans reparented to us and their children), wait
 //     for the rest of the same grace period, then SIGKILL them.
 //  3. Wait until all of them are reaped.
@@ -178,8 +179,10 @@ func (s *Supervisor) stopChild(deadline time.Time) {
 		return
 	}
 	s.log.Info("stopping child", "signal", "SIGTERM", "grace", s.killTimeout)
-	if err := s.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, ErrNotRunning) {
-		s.log.Warn("signalling child failed", "signal", "SIGTERM", "error", err)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGCONT} {
+		if err := s.Signal(sig); err != nil && !errors.Is(err, ErrNotRunning) {
+			s.log.Warn("signalling child failed", "signal", signalName(sig), "error", err)
+		}
 	}
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()

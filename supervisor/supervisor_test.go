@@ -56,6 +56,31 @@ func TestShutdownKillsDescendantsIgnoringTerm(t *testing.T) {
 	}
 }
 
+func TestShutdownContinuesStoppedDescendants(t *testing.T) {
+	p := startInit(t, initConfig{pidNamespace: true, killTimeout: deadline,
+		argv: []string{"/bin/sh", "-c", "sleep 1000 & kill -STOP $!"}})
+	if code := p.exitCode(); code != 0 {
+		t.Fatalf("exit code %d, want the child's 0 (4: leftovers after Shutdown)", code)
+	}
+	if took := time.Since(p.started); took > deadline/2 {
+		t.Errorf("shutdown took %s: the stopped sleep waited for SIGKILL", took)
+	}
+	if strings.Contains(p.log(), `"signal":"SIGKILL"`) {
+		t.Errorf("SIGKILL was needed")
+	}
+}
+
+func TestNeverSignalsOurGroupOrEveryone(t *testing.T) {
+	for _, target := range []int{0, -1, os.Getpid(), -os.Getpid(), -syscall.Getpgrp()} {
+		if safeTarget(target) {
+			t.Errorf("kill(%d, …) allowed", target)
+		}
+	}
+	if !safeTarget(os.Getpid() + 1) {
+		t.Errorf("kill(%d, …) refused", os.Getpid()+1)
+	}
+}
+
 func TestForwardsEverySignal(t *testing.T) {
 	p := startInit(t, initConfig{pidNamespace: true, killTimeout: 2 * deadline, childRole: "trap"})
 	p.expectPrefix("child ready")
