@@ -7,7 +7,7 @@
 //   - Reap everything. One goroutine waits with wait4(-1, WNOHANG) on every SIGCHLD, so
 //     orphans reparented to us never stay zombies. When we are not PID 1 we become a child
 //     subreaper, so orphans come to us anyway. Nothing else in the process may wait for
-//     children (no os/exec Wait) while a Supervisor exists.
+//     children while a Supervisor exists: run helper commands with Supervisor.Run, not os/exec.
 //   - Forward every catchable signal to the child: HUP, INT, QUIT, TRAP, ABRT, USR1, USR2,
 //     ALRM, TERM, STKFLT, CONT, TSTP, TTIN, TTOU, XCPU, XFSZ, VTALRM, WINCH, IO, PWR, SYS
 //     and the realtime signals 35 to 64 (SIGRTMIN+1 to SIGRTMAX for glibc programs).

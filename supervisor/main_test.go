@@ -5,6 +5,7 @@ package supervisor
 // Which one it is depends on SUPERVISOR_TEST_INIT and SUPERVISOR_TEST_CHILD.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,7 +19,7 @@ import (
 )
 
 const (
-	envInit             = "SUPERVISOR_TEST_INIT"              // "1": be the init; "no-child": wait for Terminated
+	envInit             = "SUPERVISOR_TEST_INIT"              // "1": be the init; "no-child": wait for Terminated; "run": Run the command
 	envChild            = "SUPERVISOR_TEST_CHILD"             // role of a child, see runChild
 	envName             = "SUPERVISOR_TEST_NAME"              // prefix of a child's report lines
 	envKillTimeout      = "SUPERVISOR_TEST_KILL_TIMEOUT"      // Options.KillTimeout
@@ -26,6 +27,7 @@ const (
 	envMountProc        = "SUPERVISOR_TEST_MOUNT_PROC"        // mount our own /proc (new pid+mount namespace)
 	envSignalAfterExit  = "SUPERVISOR_TEST_SIGNAL_AFTER_EXIT" // call Signal once Done, report the error
 	envReadyFD          = "SUPERVISOR_TEST_READY_FD"          // write one byte there once signals are trapped
+	envRunTimeout       = "SUPERVISOR_TEST_RUN_TIMEOUT"       // with mode "run": context timeout
 	trapTermExitCode    = 42
 	leftoverExitCode    = 4
 	signalAfterExitCode = 3
@@ -63,6 +65,17 @@ func runInit(mode string) int {
 	if mode == "no-child" {
 		fmt.Println("init ready")
 		fmt.Println("init terminated", signalName((<-s.Terminated()).(syscall.Signal)))
+		return s.Shutdown()
+	}
+	if mode == "run" {
+		ctx := context.Background()
+		if d, err := time.ParseDuration(os.Getenv(envRunTimeout)); err == nil {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		code, err := s.Run(ctx, argsAfterDash(), withoutVar(os.Environ(), envInit))
+		fmt.Println("run exit", code, err)
 		return s.Shutdown()
 	}
 	if err := s.Start(argsAfterDash(), withoutVar(os.Environ(), envInit)); err != nil {

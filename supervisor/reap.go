@@ -27,6 +27,11 @@ func (s *Supervisor) reap() {
 
 // record notes one reaped process; mu is held.
 func (s *Supervisor) record(pid int, ws syscall.WaitStatus) {
+	if status, ok := s.helpers[pid]; ok {
+		delete(s.helpers, pid)
+		status <- ws
+		return
+	}
 	if pid != s.pid || s.exited {
 		s.log.Debug("reaped orphan", "pid", pid, "code", exitCode(ws))
 		return

@@ -40,10 +40,11 @@ type Supervisor struct {
 
 	// mu is held while forking the child and while calling wait4, so that a pid seen under mu
 	// and not yet marked exited is still ours: the kernel cannot reuse it before we reap it.
-	mu     sync.Mutex
-	pid    int // the child's pid, 0 before Start
-	exited bool
-	status syscall.WaitStatus
+	mu      sync.Mutex
+	pid     int // the child's pid, 0 before Start
+	exited  bool
+	status  syscall.WaitStatus
+	helpers map[int]chan syscall.WaitStatus // commands started by Run, by pid
 
 	killTimer <-chan time.Time // armed by a forwarded SIGTERM/SIGINT; used by loop only
 }
@@ -61,6 +62,7 @@ func New(opts Options) (*Supervisor, error) {
 		sigchld:      make(chan os.Signal, 1),
 		terminated:   make(chan os.Signal, 1),
 		done:         make(chan struct{}),
+		helpers:      map[int]chan syscall.WaitStatus{},
 	}
 	if s.killTimeout <= 0 {
 		s.killTimeout = DefaultKillTimeout

@@ -242,3 +242,22 @@ func TestTerminatedWithoutChild(t *testing.T) {
 		t.Errorf("exit code %d, want 0 without a child", code)
 	}
 }
+
+func TestRunReturnsHelperExitCode(t *testing.T) {
+	// The helper leaves orphans too; the reaper must still hand the helper's own status to Run.
+	p := startInit(t, initConfig{pidNamespace: true, mode: "run",
+		argv: []string{"/bin/sh", "-c", "(true &); (true &); exit 7"}})
+	p.expect("run exit 7 <nil>")
+	if code := p.exitCode(); code != 0 {
+		t.Errorf("exit code %d, want 0 (no child)", code)
+	}
+}
+
+func TestRunKillsHelperWhenContextEnds(t *testing.T) {
+	p := startInit(t, initConfig{pidNamespace: true, mode: "run", env: []string{envRunTimeout + "=100ms"},
+		argv: []string{"/bin/sleep", "1000"}})
+	p.expect("run exit 137 context deadline exceeded")
+	if code := p.exitCode(); code != 0 {
+		t.Errorf("exit code %d, want 0 (no child)", code)
+	}
+}
