@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -181,8 +183,10 @@ func (w *Writer) stage(want map[string][32]byte) (string, error) {
 // (under from) is unchanged are hard-linked from there.
 func (w *Writer) fillStaged(staged string, want map[string][32]byte, from string) error {
 	made := map[string]bool{}
+	l := &linker{root: w.root, from: from, to: staged, dirs: map[string]dirPair{}}
+	defer l.close()
 	for p, sum := range want {
-		if err := w.stageFile(staged, p, sum, made, from); err != nil {
+		if err := w.stageFile(staged, p, sum, made, l); err != nil {
 			return err
 		}
 		w.marked("staging")
@@ -208,7 +212,7 @@ func (w *Writer) newVersionDir() (string, error) {
 
 // stageFile puts file p into the staged version: a hard link to the live file when the content
 // is unchanged (and its mode and owner right), a new file otherwise.
-func (w *Writer) stageFile(staged, p string, sum [32]byte, made map[string]bool, from string) error {
+func (w *Writer) stageFile(staged, p string, sum [32]byte, made map[string]bool, l *linker) error {
 	var err error
 	forParents(p, func(d string) {
 		if err != nil || made[d] {
@@ -220,9 +224,8 @@ func (w *Writer) stageFile(staged, p string, sum [32]byte, made map[string]bool,
 	if err != nil {
 		return err
 	}
-	dst := path.Join(staged, p)
 	if old, ok := w.live[p]; ok && old == sum && !w.fix[p] {
-		if err := w.root.Link(path.Join(from, p), dst); err == nil {
+		if err := l.link(p); err == nil {
 			return nil
 		}
 		// Fall back to a copy (too many links, a file gone missing...).
@@ -231,7 +234,46 @@ func (w *Writer) stageFile(staged, p string, sum [32]byte, made map[string]bool,
 	if err != nil {
 		return fmt.Errorf("staging %s: %w", p, err)
 	}
-	return w.createFile(dst, data, false)
+	return w.createFile(path.Join(staged, p), data, false)
+}
+
+// linker hard-links files from one tree to another with linkat(2) between two directory
+// descriptors and a plain file name: one system call per file instead of a path walk for
+// each side, and nothing to resolve, so no symlink can be followed. The directories are
+// opened through the root.
+type linker struct {
+	root     *os.Root
+	from, to string
+	dirs     map[string]dirPair
+}
+
+type dirPair struct{ from, to *os.File }
+
+func (l *linker) link(p string) error {
+	d, base := path.Dir(p), path.Base(p)
+	pair, ok := l.dirs[d]
+	if !ok {
+		var err error
+		if pair.from, err = l.root.Open(path.Join(l.from, d)); err != nil {
+			return err
+		}
+		if pair.to, err = l.root.Open(path.Join(l.to, d)); err != nil {
+			pair.from.Close()
+			return err
+		}
+		l.dirs[d] = pair
+	}
+	if err := unix.Linkat(int(pair.from.Fd()), base, int(pair.to.Fd()), base, 0); err != nil {
+		return fmt.Errorf("linking %s: %w", p, err)
+	}
+	return nil
+}
+
+func (l *linker) close() {
+	for _, pair := range l.dirs {
+		pair.from.Close()
+		pair.to.Close()
+	}
 }
 
 // discard removes a staged version that will not go live.

@@ -52,9 +52,7 @@ func (w *Writer) openPlain() error {
 		return err
 	}
 	// A crash between removing files and pruning their directories leaves them empty.
-	n := len(w.dirs)
 	w.pruneDirs(slices.Collect(maps.Keys(w.dirs)), map[string]bool{})
-	w.manifestStale = w.manifestStale || len(w.dirs) != n
 	return nil
 }
 
@@ -129,7 +127,10 @@ func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
 	touched := map[string]bool{}
 	defer func() {
 		res.Changed = res.Written > 0 || res.Removed > 0
-		err = errors.Join(err, w.syncDirs(touched), w.saveManifest(slices.Collect(maps.Keys(w.live)), w.dirs))
+		err = errors.Join(err, w.syncDirs(touched))
+		if w.manifestStale {
+			err = errors.Join(err, w.saveManifest(slices.Collect(maps.Keys(w.live)), w.dirs))
+		}
 		w.marked("manifest")
 	}()
 	for _, p := range remove {
@@ -196,13 +197,16 @@ func (w *Writer) recordIntent(write []string) error {
 		return nil
 	}
 	maps.Copy(newDirs, w.dirs)
-	return w.saveManifest(append(newFiles, slices.Collect(maps.Keys(w.live))...), newDirs)
+	err := w.saveManifest(append(newFiles, slices.Collect(maps.Keys(w.live))...), newDirs)
+	w.manifestStale = true // it lists more than we own until the final manifest
+	return err
 }
 
 // removePlain is step 6 for one file: our regular file at p goes; anything else that took its
 // place is not ours and stays.
 func (w *Writer) removePlain(p string, touched map[string]bool) error {
 	delete(w.live, p)
+	w.manifestStale = true
 	delete(w.fix, p)
 	if w.realDirs(p) != nil {
 		return nil
@@ -228,12 +232,14 @@ func (w *Writer) pruneDirs(dirs []string, touched map[string]bool) {
 		}
 		if fi, err := w.root.Lstat(d); err != nil || !fi.IsDir() {
 			delete(w.dirs, d)
+			w.manifestStale = true
 			continue
 		}
 		if err := w.root.Remove(d); err != nil {
 			continue // not empty
 		}
 		delete(w.dirs, d)
+		w.manifestStale = true
 		delete(touched, d)
 		touched[path.Dir(d)] = true
 	}
@@ -283,6 +289,9 @@ func (w *Writer) writePlain(p string, sum [32]byte, touched map[string]bool) err
 		w.root.Remove(tmp)
 		return fmt.Errorf("renaming %s to %s: %w", tmp, p, err)
 	}
+	if _, ok := w.live[p]; !ok {
+		w.manifestStale = true
+	}
 	w.live[p] = sum
 	delete(w.fix, p)
 	touched[path.Dir(p)] = true
@@ -304,6 +313,7 @@ func (w *Writer) ensureDirs(p string, touched map[string]bool) (err error) {
 		case isNotExist(lerr):
 			if err = w.makeDir(d); err == nil {
 				w.dirs[d] = true
+				w.manifestStale = true
 				touched[path.Dir(d)] = true
 			}
 		default:

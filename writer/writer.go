@@ -121,7 +121,7 @@ type Writer struct {
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
-	manifestStale bool            // the manifest on disk lists something we no longer own
+	manifestStale bool            // the manifest on disk differs from live and dirs
 
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
 	// target directory there to see what a kill -9 at that moment would leave.
