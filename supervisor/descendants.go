@@ -22,8 +22,8 @@ type proc struct {
 }
 
 // stopDescendants is step 2 and 3 of Shutdown: SIGTERM and SIGCONT every live descendant
-// (including ones that appear meanwhile), wait until deadline for all of them to be gone and reaped, then
-// SIGKILL what is left and wait one more grace period. Processes that are not below us in the
+// (including ones that appear meanwhile), wait until deadline for all of them to be gone and
+// reaped, then SIGKILL what is left and wait one more grace period. Processes that are not below us in the
 // process tree, such as members of our own process group started by someone else or a
 // `docker exec` shell, are never signalled.
 func (s *Supervisor) stopDescendants(deadline time.Time) {
@@ -49,18 +49,22 @@ func (s *Supervisor) signalDescendants(sig syscall.Signal, sent map[int]bool, de
 		if len(all) == 0 {
 			return true
 		}
+		var signalled []int
 		for _, p := range all {
 			if p.zombie || sent[p.pid] {
 				continue
 			}
 			sent[p.pid] = true
-			s.log.Info("signalling leftover process", "pid", p.pid, "signal", signalName(sig))
+			signalled = append(signalled, p.pid)
 			if err := signalDescendant(p.pid, sig); err != nil {
 				s.log.Debug("signalling leftover process failed", "pid", p.pid, "error", err)
 			}
 			if sig == syscall.SIGTERM { // a stopped process acts on SIGTERM only once continued
 				signalDescendant(p.pid, syscall.SIGCONT)
 			}
+		}
+		if len(signalled) > 0 {
+			s.log.Info("signalled leftover processes", "signal", signalName(sig), "count", len(signalled), "pids", fmt.Sprint(signalled))
 		}
 		if time.Now().After(deadline) {
 			return false

@@ -16,7 +16,8 @@
 //     reach signal.Notify), PIPE (the kernel raises it on our own writes to a broken
 //     connection), SEGV, BUS, FPE, ILL (our own faults).
 //   - A SIGTERM or SIGINT forwarded to the child starts a countdown of KillTimeout; a child
-//     still running at its end is SIGKILLed.
+//     still running at its end is SIGKILLed. SIGTERM, SIGINT or SIGQUIT arriving while no
+//     child runs is handed to main on Terminated instead.
 //   - Signal only our own descendants: the child (or, with ProcessGroup, the child's own
 //     process group), and at shutdown the processes below us in /proc. Never pid 0 or -1,
 //     never our own process group, never a pid after it has been reaped.

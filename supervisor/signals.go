@@ -28,7 +28,8 @@ const (
 var forwardedStandard = []syscall.Signal{
 	unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGTRAP, unix.SIGABRT, unix.SIGUSR1,
 	unix.SIGUSR2, unix.SIGALRM, unix.SIGTERM, unix.SIGSTKFLT, unix.SIGCONT, unix.SIGTSTP,
-	unix.SIGTTIN, unix.SIGTTOU, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGWINCH, unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
+	unix.SIGTTIN, unix.SIGTTOU, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGWINCH,
+	unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
 }
 
 // notForwarded are caught only so they do not kill us: SIGPIPE's default would end PID 1 on a
@@ -53,8 +54,8 @@ func forwardable() []os.Signal {
 	return sigs
 }
 
-// terminating are the signals that ask the dispenser itself to stop when no child runs, and
-// that start the kill timer when forwarded to a running child.
+// terminating are the signals that ask the dispenser itself to stop when no child runs.
+// SIGHUP is not one of them: it usually means "reload".
 func terminating(sig syscall.Signal) bool {
 	return sig == syscall.SIGTERM || sig == syscall.SIGINT || sig == syscall.SIGQUIT
 }
