@@ -36,10 +36,9 @@ func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error)
 	if err := f.Chmod(w.opts.Mode); err != nil {
 		return fmt.Errorf("setting mode of %s: %w", name, err)
 	}
-	if w.opts.UID != -1 || w.opts.GID != -1 {
-		if err := f.Chown(w.opts.UID, w.opts.GID); err != nil {
-			return fmt.Errorf("setting owner of %s: %w", name, err)
-		}
+	if err := chown(func(string) (os.FileInfo, error) { return f.Stat() },
+		func(_ string, uid, gid int) error { return f.Chown(uid, gid) }, name, w.opts.UID, w.opts.GID); err != nil {
+		return err
 	}
 	if syncFile {
 		if err := f.Sync(); err != nil {
@@ -58,11 +57,20 @@ func (w *Writer) makeDir(name string) error {
 	if err := w.root.Chmod(name, w.dirMode); err != nil {
 		return fmt.Errorf("setting mode of %s: %w", name, err)
 	}
-	return chown(w.root.Lchown, name, w.opts.UID, w.opts.GID)
+	return chown(w.root.Lstat, w.root.Lchown, name, w.opts.UID, w.opts.GID)
 }
 
-func chown(lchown func(string, int, int) error, name string, uid, gid int) error {
+// chown gives name the owner uid:gid (-1 leaves one as it is) unless it already has it, so
+// that asking for our own ids works without the privilege to chown.
+func chown(lstat func(string) (os.FileInfo, error), lchown func(string, int, int) error, name string, uid, gid int) error {
 	if uid == -1 && gid == -1 {
+		return nil
+	}
+	fi, err := lstat(name)
+	if err != nil {
+		return fmt.Errorf("setting owner of %s: %w", name, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (uid == -1 || int(st.Uid) == uid) && (gid == -1 || int(st.Gid) == gid) {
 		return nil
 	}
 	if err := lchown(name, uid, gid); err != nil {

@@ -153,13 +153,6 @@ func Open(opts Options) (*Writer, error) {
 	if opts.UID < -1 || opts.GID < -1 {
 		return nil, fmt.Errorf("writer: invalid owner %d:%d", opts.UID, opts.GID)
 	}
-	// New files get our own ids anyway; not calling chown then also works when not root.
-	if opts.UID == os.Geteuid() {
-		opts.UID = -1
-	}
-	if opts.GID == os.Getegid() {
-		opts.GID = -1
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -204,7 +197,10 @@ func (w *Writer) openDir() error {
 		if err := os.MkdirAll(w.absDir, 0o755); err != nil {
 			return fmt.Errorf("writer: creating %s: %w", w.absDir, err)
 		}
-		if err := chown(os.Lchown, w.absDir, w.opts.UID, w.opts.GID); err != nil {
+		if err := os.Chmod(w.absDir, 0o755); err != nil { // despite the umask
+			return fmt.Errorf("writer: %w", err)
+		}
+		if err := chown(os.Lstat, os.Lchown, w.absDir, w.opts.UID, w.opts.GID); err != nil {
 			return fmt.Errorf("writer: %w", err)
 		}
 	}

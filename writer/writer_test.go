@@ -369,8 +369,11 @@ func TestModeAndOwnerAreApplied(t *testing.T) {
 			checkOwnerMode(t, filepath.Join(base, "sub/dir/b"), 0o640, opts.UID, opts.GID)
 			w.Close()
 
-			// Reopened with another mode, the same content is rewritten with it.
+			// Reopened with another mode (and owner), the same content is rewritten with it.
 			opts.Mode = 0o644
+			if root {
+				opts.UID, opts.GID = 0, 0
+			}
 			w = openAt(t, opts)
 			res := mustApply(t, w, full(2, tree{"a": "A", "sub/dir/b": "B"}))
 			if !res.Changed || res.Written != 2 {
@@ -379,6 +382,7 @@ func TestModeAndOwnerAreApplied(t *testing.T) {
 			if layout == Atomic {
 				target, _ := dataTree(t, dir)
 				base = filepath.Join(dir, target)
+				checkOwnerMode(t, filepath.Join(base, "sub/dir"), 0o755, opts.UID, opts.GID)
 			}
 			checkOwnerMode(t, filepath.Join(base, "a"), 0o644, opts.UID, opts.GID)
 			checkOwnerMode(t, filepath.Join(base, "sub/dir/b"), 0o644, opts.UID, opts.GID)
