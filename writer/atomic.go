@@ -156,13 +156,19 @@ func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
 		w.relinkChanged(oldTop, topNames(want))
 	}
 	w.marked("linked")
-	if older != "" {
-		if err := w.root.RemoveAll(older); err != nil {
-			w.log.Error("cannot remove an old version", "version", older, "error", err)
-		}
-	}
+	w.pruneOlder(older)
 	w.marked("pruned")
 	return nil
+}
+
+// pruneOlder is step 10: it removes the version that was live before the previous one.
+func (w *Writer) pruneOlder(older string) {
+	if older == "" {
+		return
+	}
+	if err := w.root.RemoveAll(older); err != nil {
+		w.log.Error("cannot remove an old version", "version", older, "error", err)
+	}
 }
 
 // stage is step 4: it builds the complete new tree in a fresh version directory and returns

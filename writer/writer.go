@@ -236,30 +236,38 @@ func dirMode(m os.FileMode) os.FileMode {
 //     with Mode and owner, directories created with dirMode(Mode).
 //  5. Call Options.Check on the staged directory; an error discards it and keeps the old
 //     version live.
-//  6. Sync the file system (syncfs), so the new version is durable before it is visible.
+//  6. Sync the file system (syncAll: one syncfs), so the new version is durable before it is
+//     visible. Skipped with NoSync.
 //  7. Point the symlink ..data_tmp at the new version and rename it over ..data (swap). This
 //     is the one atomic step: a reader resolving ..data sees the complete old or new tree.
-//  8. Sync the target directory, so the rename itself survives a crash.
-//  9. Reconcile the top-level links (relink): name -> ..data/name for each new top-level
+//  8. Sync the target directory (syncDir), so the rename itself survives a crash.
+//  9. Reconcile the top-level links (relinkChanged, or relinkAll after Open):
+//     name -> ..data/name for each new top-level
 //     name, and remove our links for names that are gone. Names taken by a file that is not
 //     ours are left alone and logged.
-//  10. Delete the version before the previous one (prune). The previous one stays, so a
+//  10. Delete the version before the previous one (pruneOlder). The previous one stays, so a
 //     reader that resolved into it just before the swap can finish.
 //
 // The Plain layout then (applyPlain):
 //
-//  4. If Options.Check is set, stage a copy of the new tree in a ..tmp directory and check it.
+//  4. If Options.Check is set, stage a copy of the new tree in a ..tmp directory and check
+//     it (checkPlain).
 //  5. Record in the manifest the files and directories about to be created, so a crash
-//     does not turn them into foreign files.
-//  6. Remove the files that are gone (only our own).
-//  7. Write each changed file: temporary file in the same directory, fsync, rename.
-//  8. Remove directories we created that are now empty, and sync the directories touched.
-//  9. Write the manifest of what we own.
+//     does not turn them into foreign files (recordIntent).
+//  6. Remove the files that are gone, only our own (removePlain).
+//  7. Remove directories we created that are now empty (pruneDirs), then write each changed
+//     file: temporary file in the same directory, fsync, rename (writePlain).
+//  8. Sync the directories touched (syncDirs).
+//  9. Write the manifest of what we own, if that changed (saveManifest).
 //
 // Finally, values no longer needed are dropped (forget).
 //
-// An error leaves the model updated but the old tree live: the next Apply, even of an empty
-// batch, tries to publish again. Apply is not safe for concurrent use.
+// An error before the swap leaves the model updated but the old tree live: the next Apply,
+// even of an empty batch, tries to publish again. Once ..data has moved, Apply reports
+// success (the files did change); failures of steps 8 to 10 are logged, and links are
+// retried at the next Apply. With the
+// Plain layout an error can leave part of the batch written; the next Apply completes it.
+// Apply is not safe for concurrent use.
 func (w *Writer) Apply(b Batch) (Result, error) {
 	var res Result
 	if w.root == nil {
