@@ -85,6 +85,8 @@ func startAs(t *testing.T, e *etcdtest.Server, attr *syscall.SysProcAttr, role s
 	d.cmd.Stderr = d.stderr
 	d.cmd.Stdout = d.stderr
 	d.cmd.SysProcAttr = attr
+	// A child left behind by a killed dispenser may hold the output pipe.
+	d.cmd.WaitDelay = 5 * time.Second
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +95,14 @@ func startAs(t *testing.T, e *etcdtest.Server, attr *syscall.SysProcAttr, role s
 		select {
 		case <-d.done:
 		default:
-			_ = d.cmd.Process.Kill()
-			<-d.done
+			// Stop it as docker stop would, so the child goes too.
+			_ = d.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-d.done:
+			case <-time.After(15 * time.Second):
+				_ = d.cmd.Process.Kill()
+				<-d.done
+			}
 		}
 		if t.Failed() {
 			t.Logf("dispenser output:\n%s", d.stderr.String())

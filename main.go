@@ -1,0 +1,237 @@
+// Command etcd-config-dispenser mirrors an etcd prefix into a directory,
+// starts the real program, and signals it after each applied change.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	clientconfig "github.com/Jille/etcd-client-from-env"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	cfg, err := config.Parse(args, os.Stderr)
+	switch {
+	case errors.Is(err, config.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: %v\nRun etcd-config-dispenser --help for the flags.\n",
+			strings.ReplaceAll(err.Error(), "\n", "\netcd-config-dispenser: "))
+		return 2
+	case cfg.Version:
+		fmt.Println("etcd-config-dispenser", version)
+		return 0
+	}
+	log := newLogger(cfg)
+
+	// Take over signals and reaping first: we may be PID 1.
+	sup, err := supervisor.New(supervisor.Options{KillTimeout: cfg.KillTimeout, ProcessGroup: cfg.SignalGroup, Logger: log})
+	if err != nil {
+		log.Error("cannot supervise", "err", err)
+		return 1
+	}
+
+	etcdCfg := clientconfig.Defaults()
+	etcdCfg.Endpoints = []string{"127.0.0.1:2379"}
+	etcdCfg, err = clientconfig.Apply(etcdCfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: etcd settings from the environment: %v\n", err)
+		return 2
+	}
+	etcdCfg.Logger = zap.NewNop()
+	etcdCfg.DialKeepAliveTime = 30 * time.Second
+	etcdCfg.DialKeepAliveTimeout = 10 * time.Second
+	client, err := clientv3.New(etcdCfg)
+	if err != nil {
+		log.Error("cannot create the etcd client", "endpoints", etcdCfg.Endpoints, "err", err)
+		return 1
+	}
+	defer client.Close()
+
+	layout := writer.Atomic
+	if cfg.Layout == "plain" {
+		layout = writer.Plain
+	}
+	w, err := writer.Open(writer.Options{Dir: cfg.Target, Layout: layout, Mode: os.FileMode(cfg.Mode),
+		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log})
+	if err != nil {
+		log.Error("cannot use the target directory", "target", cfg.Target, "err", err)
+		return 1
+	}
+	defer w.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, started: make(chan error, 1)}
+	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
+		CheckInterval: cfg.CheckInterval, Logger: log})
+	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
+		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())
+
+	runCtx := ctx
+	if cfg.StartTimeout > 0 {
+		// The timeout covers only the first sync; it is lifted once the
+		// first batch is applied.
+		var stopTimer context.CancelFunc
+		runCtx, stopTimer = context.WithCancel(ctx)
+		timer := time.AfterFunc(cfg.StartTimeout, stopTimer)
+		d.firstApplied = func() { timer.Stop() }
+	}
+	srcDone := make(chan error, 1)
+	go func() { srcDone <- src.Run(runCtx, d.apply) }()
+
+	select {
+	case err := <-srcDone: // with --once, or when the start timeout expired
+		if cfg.Once && err == nil {
+			return sup.Shutdown()
+		}
+		log.Error("the first sync did not succeed in time", "start_timeout", cfg.StartTimeout)
+		sup.Shutdown()
+		return 1
+	case err := <-d.started:
+		if err != nil {
+			cancel()
+			<-srcDone
+			sup.Shutdown()
+			var se *supervisor.StartError
+			if errors.As(err, &se) {
+				fmt.Fprintln(os.Stderr, se.Error())
+				return se.Code
+			}
+			return 126
+		}
+	case sig := <-sup.Terminated():
+		log.Info("stopping before the command started", "signal", sig.String())
+		cancel()
+		<-srcDone
+		sup.Shutdown()
+		if len(cfg.Command) == 0 {
+			return 0
+		}
+		return 128 + int(sig.(syscall.Signal))
+	}
+
+	if cfg.Once {
+		if err := <-srcDone; err != nil {
+			return 1
+		}
+		log.Info("synced once; exiting")
+		return sup.Shutdown()
+	}
+	if len(cfg.Command) == 0 { // a sidecar: sync until told to stop
+		sig := <-sup.Terminated()
+		log.Info("stopping", "signal", sig.String())
+		cancel()
+		<-srcDone
+		return sup.Shutdown()
+	}
+	<-sup.Done()
+	cancel()
+	<-srcDone
+	code := sup.Shutdown()
+	log.Info("command exited; stopping", "exit_code", code)
+	return code
+}
+
+// dispenser connects the three parts: each batch from the source goes to the
+// writer; the first one starts the child, later ones that changed something
+// signal it.
+type dispenser struct {
+	cfg          config.Config
+	log          *slog.Logger
+	sup          *supervisor.Supervisor
+	w            *writer.Writer
+	started      chan error // receives once, when the first batch has been applied
+	first        bool
+	firstApplied func()
+}
+
+func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
+	wb := writer.Batch{Revision: b.Revision, Full: b.Full, Changes: make([]writer.Change, len(b.Changes))}
+	for i, c := range b.Changes {
+		wb.Changes[i] = writer.Change(c)
+	}
+	res, err := d.w.Apply(wb)
+	if err != nil {
+		return err
+	}
+	if res.Changed || res.Skipped > 0 {
+		d.log.Info("batch applied", "revision", b.Revision, "full", b.Full, "written", res.Written,
+			"removed", res.Removed, "skipped", res.Skipped, "changed", res.Changed)
+	}
+	if !d.first {
+		d.first = true
+		if d.firstApplied != nil {
+			d.firstApplied()
+		}
+		if len(d.cfg.Command) > 0 && !d.cfg.Once {
+			err := d.sup.Start(d.cfg.Command, childEnv(os.Environ(), d.cfg.PassSecrets))
+			if err == nil {
+				d.log.Info("command started", "command", d.cfg.Command[0])
+			}
+			d.started <- err
+		} else {
+			d.started <- nil
+		}
+		return nil
+	}
+	if res.Changed && len(d.cfg.Command) > 0 {
+		if err := d.sup.Signal(d.cfg.Signal); err != nil {
+			d.log.Warn("could not signal the command", "signal", d.cfg.Signal.String(), "err", err)
+		} else {
+			d.log.Info("signal sent", "signal", d.cfg.Signal.String(), "revision", b.Revision)
+		}
+	}
+	return nil
+}
+
+// secretEnv are the variables that hold credentials themselves; the child
+// does not get them unless asked (their _FILE variants only name a path).
+var secretEnv = []string{"ETCD_PASSWORD", "ETCD_USERNAME_AND_PASSWORD", "ETCD_CLIENT_KEY"}
+
+func childEnv(env []string, passSecrets bool) []string {
+	if passSecrets {
+		return env
+	}
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		secret := false
+		for _, s := range secretEnv {
+			secret = secret || name == s
+		}
+		if !secret {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func newLogger(cfg config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	return slog.New(h)
+}
