@@ -173,21 +173,13 @@ func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
 	if err != nil {
 		return err
 	}
-	if res.Changed || res.Skipped > 0 {
-		d.log.Info("batch applied", "revision", b.Revision, "full", b.Full, "written", res.Written,
-			"removed", res.Removed, "skipped", res.Skipped, "changed", res.Changed)
-	}
 	if !d.first {
 		d.first = true
 		if d.firstApplied != nil {
 			d.firstApplied()
 		}
 		if len(d.cfg.Command) > 0 && !d.cfg.Once {
-			err := d.sup.Start(d.cfg.Command, childEnv(os.Environ(), d.cfg.PassSecrets))
-			if err == nil {
-				d.log.Info("command started", "command", d.cfg.Command[0])
-			}
-			d.started <- err
+			d.started <- d.sup.Start(d.cfg.Command, childEnv(os.Environ(), d.cfg.PassSecrets))
 		} else {
 			d.started <- nil
 		}
