@@ -103,7 +103,8 @@ func run(args []string) int {
 		if cfg.Once && err == nil {
 			return sup.Shutdown()
 		}
-		log.Error("the first sync did not succeed in time", "start_timeout", cfg.StartTimeout)
+		log.Error("etcd unreachable: the first sync did not succeed in time", "start_timeout", cfg.StartTimeout,
+			"last_error", src.LastError())
 		sup.Shutdown()
 		return 1
 	case err := <-d.started:

@@ -64,14 +64,24 @@ type dispenser struct {
 // child in the given role (none: no child).
 func start(t *testing.T, e *etcdtest.Server, role string, flags ...string) *dispenser {
 	t.Helper()
-	return startAs(t, e, nil, role, flags...)
+	return startAs(t, e, runOpts{}, role, flags...)
 }
 
-// startAs is start with process attributes, for example a new PID namespace.
-func startAs(t *testing.T, e *etcdtest.Server, attr *syscall.SysProcAttr, role string, flags ...string) *dispenser {
+// runOpts are the less common ways to start the binary.
+type runOpts struct {
+	Attr   *syscall.SysProcAttr // for example a new PID namespace
+	Env    []string             // added to the environment
+	Target string               // instead of a fresh path
+}
+
+// startAs is start with options.
+func startAs(t *testing.T, e *etcdtest.Server, o runOpts, role string, flags ...string) *dispenser {
 	t.Helper()
 	d := &dispenser{t: t, target: filepath.Join(t.TempDir(), "config"), log: filepath.Join(t.TempDir(), "child.log"),
 		stderr: &syncBuffer{}, done: make(chan struct{})}
+	if o.Target != "" {
+		d.target = o.Target
+	}
 	args := append([]string{"--target=" + d.target, "--check-interval=200ms"}, flags...)
 	if role != "" {
 		args = append(args, "--", os.Args[0], "-test.run=^$")
@@ -82,9 +92,10 @@ func startAs(t *testing.T, e *etcdtest.Server, attr *syscall.SysProcAttr, role s
 	if role == "" {
 		d.cmd.Env = append(d.cmd.Env, "E2E_CHILD=")
 	}
+	d.cmd.Env = append(d.cmd.Env, o.Env...)
 	d.cmd.Stderr = d.stderr
 	d.cmd.Stdout = d.stderr
-	d.cmd.SysProcAttr = attr
+	d.cmd.SysProcAttr = o.Attr
 	// A child left behind by a killed dispenser may hold the output pipe.
 	d.cmd.WaitDelay = 5 * time.Second
 	if err := d.cmd.Start(); err != nil {
@@ -279,6 +290,14 @@ func runChild(role string) int {
 		var code int
 		fmt.Sscan(strings.TrimPrefix(role, "exit:"), &code)
 		return code
+	case role == "env":
+		env := map[string]string{}
+		for _, kv := range os.Environ() {
+			if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "ETCD_") {
+				env[k] = v
+			}
+		}
+		logf("env", env)
 	case role == "orphans":
 		// 100 grandchildren that outlive their parent shell: orphans for PID 1.
 		_ = exec.Command("/bin/sh", "-c", "for i in $(seq 100); do (sleep 0.2 &); done").Run()

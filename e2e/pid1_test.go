@@ -53,7 +53,7 @@ func TestAsPID1OrphansAreReapedAndTheExitCodeKept(t *testing.T) {
 	attr := asPID1(t)
 	e := etcdtest.Start(t)
 	txn(t, e.Client(), "/p/a", "1")
-	d := startAs(t, e, attr, "orphans", "--prefix=/p")
+	d := startAs(t, e, runOpts{Attr: attr}, "orphans", "--prefix=/p")
 	d.waitEvent("orphans made", func(ev event) bool { return ev.What == "orphans-made" })
 	// The 100 orphans were reparented to the dispenser and have exited: only
 	// the child may be left, and no zombie.
@@ -74,7 +74,7 @@ func TestAsPID1ChildKilledBySIGKILLExits137(t *testing.T) {
 	attr := asPID1(t)
 	e := etcdtest.Start(t)
 	txn(t, e.Client(), "/p/a", "1")
-	d := startAs(t, e, attr, "reader", "--prefix=/p")
+	d := startAs(t, e, runOpts{Attr: attr}, "reader", "--prefix=/p")
 	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
 	var child int
 	etcdtest.Eventually(t, 10*time.Second, func() error {

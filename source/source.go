@@ -56,7 +56,7 @@ type Options struct {
 	// CheckInterval is how often a linearizable Get checks that etcd's
 	// revision did not go backwards (default 30s).
 	CheckInterval time.Duration
-	// RequestTimeout bounds each Get (default 10s).
+	// RequestTimeout bounds each Get (default 5s).
 	RequestTimeout time.Duration
 	// Once stops Run after the first applied snapshot.
 	Once   bool
@@ -75,6 +75,15 @@ type Source struct {
 	term      uint64
 	gen       int
 	failing   bool
+	lastErr   atomic.Pointer[error]
+}
+
+// LastError is the last etcd error, or nil after a success.
+func (s *Source) LastError() error {
+	if p := s.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // New returns a Source for the given options.
@@ -86,7 +95,7 @@ func New(opts Options) *Source {
 		opts.CheckInterval = 30 * time.Second
 	}
 	if opts.RequestTimeout <= 0 {
-		opts.RequestTimeout = 10 * time.Second
+		opts.RequestTimeout = 5 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -158,6 +167,7 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 
 // fail logs an etcd problem once per outage at warning level, then at debug.
 func (s *Source) fail(what string, err error) {
+	s.lastErr.Store(&err)
 	if !s.failing {
 		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
 		s.failing = true
@@ -167,6 +177,7 @@ func (s *Source) fail(what string, err error) {
 }
 
 func (s *Source) recovered() {
+	s.lastErr.Store(nil)
 	if s.failing {
 		s.log.Info("etcd reachable again", "applied_revision", s.Applied())
 		s.failing = false

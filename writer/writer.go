@@ -29,6 +29,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // Change is the new state of one key. Key is relative to the mirrored prefix, as etcd spells it
@@ -204,11 +205,38 @@ func (w *Writer) openDir() error {
 			return fmt.Errorf("writer: %w", err)
 		}
 	}
+	if err := checkPrivate(w.absDir); err != nil {
+		return err
+	}
 	root, err := os.OpenRoot(w.absDir)
 	if err != nil {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.root = root
+	return nil
+}
+
+// checkPrivate refuses a target that another user could write to: such a
+// user could plant files or symlinks under the names we publish, or swap the
+// directory's entries while we work (like sshd's StrictModes). A group may
+// write only when it is our own group.
+func checkPrivate(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("writer: target %s is not a directory", dir)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	perm := st.Mode().Perm()
+	if perm&0o002 != 0 || perm&0o020 != 0 && int(sys.Gid) != os.Getegid() {
+		return fmt.Errorf("writer: target %s is writable by other users (mode %04o): they could plant files "+
+			"or symlinks in it; run chmod go-w on it, or choose another directory", dir, perm)
+	}
 	return nil
 }
 

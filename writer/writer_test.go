@@ -528,3 +528,19 @@ func TestPlantedSymlinksAreNeverFollowed(t *testing.T) {
 		})
 	}
 }
+
+func TestOpenRefusesATargetOthersCanWrite(t *testing.T) {
+	for _, mode := range []os.FileMode{0o777, 0o702, 0o1777} {
+		dir := filepath.Join(t.TempDir(), "target")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(Options{Dir: dir, UID: -1, GID: -1})
+		if err == nil || !strings.Contains(err.Error(), "writable by other users") || !strings.Contains(err.Error(), "chmod go-w") {
+			t.Errorf("mode %v: Open error %v, want a refusal that names the fix", mode, err)
+		}
+	}
+}

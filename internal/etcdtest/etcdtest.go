@@ -28,20 +28,51 @@ type Server struct {
 	client *clientv3.Client
 	// Bridge stands between clients and the server: Endpoint goes through it.
 	Bridge *Bridge
+	// TLS is set when the server requires TLS with client certificates.
+	TLS *Certs
+}
+
+// Option changes how Start sets the server up.
+type Option func(*embed.Config, *Server) error
+
+// WithTLS serves clients over TLS only and requires a client certificate
+// signed by a throwaway CA (Server.TLS).
+func WithTLS() Option {
+	return func(cfg *embed.Config, s *Server) error {
+		certs, err := NewCerts(s.t.TempDir())
+		if err != nil {
+			return err
+		}
+		s.TLS = certs
+		u := cfg.ListenClientUrls[0]
+		u.Scheme = "https"
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{u}, []url.URL{u}
+		cfg.ClientTLSInfo.CertFile = certs.ServerCertFile
+		cfg.ClientTLSInfo.KeyFile = certs.ServerKeyFile
+		cfg.ClientTLSInfo.TrustedCAFile = certs.CAFile
+		cfg.ClientTLSInfo.ClientCertAuth = true
+		return nil
+	}
 }
 
 // Start starts a single-member etcd and stops it when the test ends.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	cfg, err := Config(t.TempDir())
 	if err != nil {
 		t.Fatalf("etcdtest: %v", err)
 	}
+	s := &Server{t: t, cfg: cfg}
+	for _, o := range opts {
+		if err := o(cfg, s); err != nil {
+			t.Fatalf("etcdtest: %v", err)
+		}
+	}
 	b, err := newBridge(cfg.ListenClientUrls[0].Host)
 	if err != nil {
 		t.Fatalf("etcdtest: bridge: %v", err)
 	}
-	s := &Server{t: t, cfg: cfg, Bridge: b}
+	s.Bridge = b
 	s.start()
 	t.Cleanup(func() {
 		s.Stop()
@@ -52,7 +83,9 @@ func Start(t testing.TB) *Server {
 
 // Endpoint is the client URL through the bridge, as ETCD_ENDPOINTS would
 // name it.
-func (s *Server) Endpoint() string { return "http://" + s.Bridge.Addr() }
+func (s *Server) Endpoint() string {
+	return s.cfg.ListenClientUrls[0].Scheme + "://" + s.Bridge.Addr()
+}
 
 // Client returns a client for the test's own reads and writes. It talks to
 // the server directly, not through the bridge, and is closed when the test
@@ -74,13 +107,23 @@ func (s *Server) BridgedClient() *clientv3.Client {
 	return s.newClient(s.Endpoint())
 }
 
-func (s *Server) newClient(endpoint string) *clientv3.Client {
+func (s *Server) newClient(endpoint string, userAndPassword ...string) *clientv3.Client {
 	s.t.Helper()
-	c, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   []string{endpoint},
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if len(userAndPassword) == 2 {
+		cfg.Username, cfg.Password = userAndPassword[0], userAndPassword[1]
+	}
+	if s.TLS != nil {
+		var err error
+		if cfg.TLS, err = s.TLS.ClientTLS(); err != nil {
+			s.t.Fatalf("etcdtest: %v", err)
+		}
+	}
+	c, err := clientv3.New(cfg)
 	if err != nil {
 		s.t.Fatalf("etcdtest: client: %v", err)
 	}
@@ -205,4 +248,38 @@ func freeURL() (url.URL, error) {
 	}
 	defer l.Close()
 	return url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", l.Addr().(*net.TCPAddr).Port)}, nil
+}
+
+// EnableAuth turns authentication on with a root user for the test's own
+// client and a user that may only read the keys under prefix. It returns
+// that user's name and password.
+func (s *Server) EnableAuth(prefix string) (user, password string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := s.Client()
+	user, password = "dispenser", "s3cret-Pa55word"
+	steps := []func() error{
+		func() error { _, err := c.UserAdd(ctx, "root", "root-pw"); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := c.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := c.RoleGrantPermission(ctx, "reader", prefix, clientv3.GetPrefixRangeEnd(prefix),
+				clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := c.UserAdd(ctx, user, password); return err },
+		func() error { _, err := c.UserGrantRole(ctx, user, "reader"); return err },
+		func() error { _, err := c.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			s.t.Fatalf("etcdtest: enabling auth, step %d: %v", i, err)
+		}
+	}
+	root := s.newClient(s.cfg.ListenClientUrls[0].String(), "root", "root-pw")
+	s.mu.Lock()
+	s.client = root
+	s.mu.Unlock()
+	return user, password
 }
