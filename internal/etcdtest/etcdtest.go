@@ -109,8 +109,13 @@ func (s *Server) BridgedClient() *clientv3.Client {
 
 func (s *Server) newClient(endpoint string, userAndPassword ...string) *clientv3.Client {
 	s.t.Helper()
+	return s.newClientOf([]string{endpoint}, userAndPassword...)
+}
+
+func (s *Server) newClientOf(endpoints []string, userAndPassword ...string) *clientv3.Client {
+	s.t.Helper()
 	cfg := clientv3.Config{
-		Endpoints:   []string{endpoint},
+		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	}
@@ -133,10 +138,22 @@ func (s *Server) newClient(endpoint string, userAndPassword ...string) *clientv3
 
 func (s *Server) start() {
 	s.t.Helper()
+	s.ready(s.launch())
+}
+
+// launch starts the server without waiting for it to be ready, which a
+// cluster member is only once a quorum of members runs.
+func (s *Server) launch() *embed.Etcd {
+	s.t.Helper()
 	e, err := embed.StartEtcd(s.cfg)
 	if err != nil {
 		s.t.Fatalf("etcdtest: start: %v", err)
 	}
+	return e
+}
+
+func (s *Server) ready(e *embed.Etcd) {
+	s.t.Helper()
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(30 * time.Second):
