@@ -82,7 +82,7 @@ func run(args []string) int {
 	defer cancel()
 	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, started: make(chan error, 1)}
 	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
-		CheckInterval: cfg.CheckInterval, Logger: log})
+		CheckInterval: cfg.CheckInterval, BatchInterval: cfg.BatchInterval, Logger: log})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
 		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())
 

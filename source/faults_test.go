@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,5 +147,44 @@ func TestDeleteRangeOf5000KeysIsOneBatch(t *testing.T) {
 	if len(batches) != 2 || len(last.Changes) != 5000 || last.Revision != resp.Header.Revision {
 		t.Fatalf("%d batches, the last with %d changes at %d; want the 5000 deletes in one batch at %d",
 			len(batches), len(last.Changes), last.Revision, resp.Header.Revision)
+	}
+}
+
+func TestABurstIsMergedIntoFewBatchesOfWholeRevisions(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	m := &mirror{}
+	run(t, Options{Client: e.BridgedClient(), Prefix: "/p", BatchInterval: 50 * time.Millisecond}, m)
+	etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{}) })
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 100 {
+				put(t, c, fmt.Sprintf("/p/w%d", w), fmt.Sprint(i), fmt.Sprintf("/p/w%d-copy", w), fmt.Sprint(i))
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	want := expected(t, c, "/p/")
+	etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(want) })
+	_, batches := m.snapshot()
+	// At most one batch per interval (plus the first), however many writes.
+	if limit := int(took/(50*time.Millisecond)) + 3; len(batches) > limit {
+		t.Fatalf("%d batches for 800 transactions in %v, want at most %d", len(batches), took, limit)
+	}
+	for _, b := range batches[1:] {
+		// Each transaction writes a key and its copy: a batch holding one
+		// without the other would be a split revision.
+		seen := map[string]int{}
+		for _, ch := range b.Changes {
+			seen[strings.TrimSuffix(ch.Key, "-copy")]++
+		}
+		for k, n := range seen {
+			if n%2 != 0 {
+				t.Fatalf("batch at %d splits a transaction on %s", b.Revision, k)
+			}
+		}
 	}
 }

@@ -58,6 +58,9 @@ type Options struct {
 	CheckInterval time.Duration
 	// RequestTimeout bounds each Get (default 5s).
 	RequestTimeout time.Duration
+	// BatchInterval is the least time between two applied batches: changes
+	// arriving sooner are merged into the next batch (0: apply each at once).
+	BatchInterval time.Duration
 	// Once stops Run after the first applied snapshot.
 	Once   bool
 	Logger *slog.Logger
@@ -277,6 +280,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 
 	check := time.NewTicker(s.opts.CheckInterval)
 	defer check.Stop()
+	var lastApply time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -299,6 +303,10 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				s.applied.Store(max(s.Applied(), b.Revision))
 				continue
 			}
+			if err := s.gather(ctx, &b, wch, lastApply); err != nil {
+				return err
+			}
+			lastApply = time.Now()
 			if err := apply(ctx, b); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -307,6 +315,33 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				return errResync{"a batch could not be applied"}
 			}
 			s.applied.Store(b.Revision)
+		}
+	}
+}
+
+// gather holds a batch back until BatchInterval has passed since the last
+// apply, merging whatever arrives meanwhile: a burst of transactions becomes
+// a few versions and signals, while a lone change is applied at once.
+func (s *Source) gather(ctx context.Context, b *Batch, wch clientv3.WatchChan, lastApply time.Time) error {
+	wait := time.Until(lastApply.Add(s.opts.BatchInterval))
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		case resp, ok := <-wch:
+			if !ok {
+				return nil // apply what we have; the next receive re-watches
+			}
+			if err := s.absorb(b, resp); err != nil {
+				return err
+			}
 		}
 	}
 }

@@ -114,4 +114,3 @@ func (c *Cluster) MoveLeader(to int) {
 		c.t.Fatalf("etcdtest: moving the leader: %v", err)
 	}
 }
-
