@@ -5,7 +5,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -238,21 +237,7 @@ func readTree(root, dir string) (map[string]string, error) {
 
 func txn(t *testing.T, c *clientv3.Client, kv ...string) int64 {
 	t.Helper()
-	var ops []clientv3.Op
-	for i := 0; i < len(kv); i += 2 {
-		if kv[i+1] == "" {
-			ops = append(ops, clientv3.OpDelete(kv[i]))
-		} else {
-			ops = append(ops, clientv3.OpPut(kv[i], kv[i+1]))
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		t.Fatalf("txn: %v", err)
-	}
-	return resp.Header.Revision
+	return etcdtest.Txn(t, c, kv...)
 }
 
 func equalTree(t *testing.T, dir string, want map[string]string) func() error {

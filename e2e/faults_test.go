@@ -17,17 +17,7 @@ import (
 // inEtcd reads the prefix as etcd has it now, keyed like the target.
 func inEtcd(t *testing.T, c *clientv3.Client, prefix string) map[string]string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{}
-	for _, kv := range resp.Kvs {
-		want[string(kv.Key[len(prefix):])] = string(kv.Value)
-	}
-	return want
+	return etcdtest.Read(t, c, prefix)
 }
 
 func TestCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T) {

@@ -15,17 +15,7 @@ import (
 // expected reads the prefix as etcd has it now.
 func expected(t *testing.T, c *clientv3.Client, prefix string) map[string]string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{}
-	for _, kv := range resp.Kvs {
-		want[string(kv.Key[len(prefix):])] = string(kv.Value)
-	}
-	return want
+	return etcdtest.Read(t, c, prefix)
 }
 
 // ordered checks that the batches never went back in revision and never

@@ -80,21 +80,7 @@ func run(t *testing.T, opts Options, m *mirror) *Source {
 
 func put(t *testing.T, c *clientv3.Client, kv ...string) int64 {
 	t.Helper()
-	var ops []clientv3.Op
-	for i := 0; i < len(kv); i += 2 {
-		if kv[i+1] == "" {
-			ops = append(ops, clientv3.OpDelete(kv[i]))
-		} else {
-			ops = append(ops, clientv3.OpPut(kv[i], kv[i+1]))
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		t.Fatalf("txn: %v", err)
-	}
-	return resp.Header.Revision
+	return etcdtest.Txn(t, c, kv...)
 }
 
 func TestSnapshotIsPaginatedAtOneRevisionAndStopsAtThePrefixBoundary(t *testing.T) {
