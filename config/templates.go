@@ -1,0 +1,87 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
+)
+
+// Templating is what the command line says about templates and the check and reload commands.
+type Templating struct {
+	Templates []render.Spec
+	Check     hook.Command // no Argv: none
+	Reload    hook.Command // no Argv: none
+	// SignalOnReload is set when --signal was given explicitly: with a reload command, the
+	// signal is sent only then.
+	SignalOnReload bool
+}
+
+// templatingFlags adds the flags of Templating to fs and returns the function that checks
+// them once fs is parsed.
+func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
+	var templates []string
+	var check, reload string
+	var timeout time.Duration
+	fs.StringArrayVar(&templates, "template", nil, "SRC:DEST: render the Go template SRC over the keys into the file DEST after each change (repeatable)")
+	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a new version goes live; {{staged}} is the staged directory or file")
+	fs.StringVar(&reload, "reload-cmd", "", "command run after a new version went live (then the signal is sent only if --signal is given)")
+	fs.DurationVar(&timeout, "command-timeout", time.Minute, "time limit of each check or reload command")
+	return func(c *Config) []error {
+		var errs []error
+		t.SignalOnReload = fs.Changed("signal")
+		dests := map[string]string{}
+		for _, s := range templates {
+			spec, err := render.ParseSpec(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--template %w", err))
+				continue
+			}
+			if inside(c.Target, spec.Dest) {
+				errs = append(errs, fmt.Errorf("--template %q: the destination is inside --target %s, which mirrors the keys; render it elsewhere", s, c.Target))
+			}
+			abs, _ := filepath.Abs(spec.Dest)
+			if other, ok := dests[abs]; ok {
+				errs = append(errs, fmt.Errorf("--template %q and %q: both render into %s", other, s, spec.Dest))
+			}
+			dests[abs] = s
+			t.Templates = append(t.Templates, spec)
+		}
+		if timeout <= 0 {
+			errs = append(errs, fmt.Errorf("--command-timeout %v: must be positive", timeout))
+		}
+		for _, f := range []struct {
+			name, value string
+			cmd         *hook.Command
+		}{{"check-cmd", check, &t.Check}, {"reload-cmd", reload, &t.Reload}} {
+			if f.value == "" {
+				continue
+			}
+			cmd, err := hook.Parse(f.value, timeout)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--%s %q: %w; it is split into words like a shell does, without expansion (use sh -c '...' for a shell)", f.name, f.value, err))
+			}
+			*f.cmd = cmd
+		}
+		return errs
+	}
+}
+
+// inside reports whether path is dir or below it.
+func inside(dir, path string) bool {
+	if dir == "" {
+		return false
+	}
+	d, err1 := filepath.Abs(dir)
+	p, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(d, p)
+	return err == nil && (rel == "." || !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && rel != "..")
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
+)
+
+// The wiring of templates, check and reload commands into the apply path.
+
+// versionCheck is the writer's Check: the check command on the staged version directory.
+func versionCheck(cfg config.Config, sup *supervisor.Supervisor) func(staged string) error {
+	if len(cfg.Check.Argv) == 0 {
+		return nil
+	}
+	return func(staged string) error {
+		return cfg.Check.Run(context.Background(), sup, childEnv(os.Environ(), cfg.PassSecrets), staged, cfg.Target)
+	}
+}
+
+// newRenderer returns nil without templates.
+func newRenderer(cfg config.Config, sup *supervisor.Supervisor, log *slog.Logger) (*render.Renderer, error) {
+	if len(cfg.Templates) == 0 {
+		return nil, nil
+	}
+	opts := render.Options{Templates: cfg.Templates, Mode: os.FileMode(cfg.Mode), UID: cfg.UID, GID: cfg.GID,
+		NoSync: !cfg.Fsync, Logger: log}
+	if len(cfg.Check.Argv) > 0 {
+		opts.Check = func(dest, staged string) error {
+			return cfg.Check.Run(context.Background(), sup, childEnv(os.Environ(), cfg.PassSecrets), staged, dest)
+		}
+	}
+	return render.New(opts)
+}
+
+// fold gives the batch to the renderer, which keeps the values the templates read.
+func (d *dispenser) fold(b source.Batch) {
+	if d.r == nil {
+		return
+	}
+	cs := make([]render.Change, len(b.Changes))
+	for i, c := range b.Changes {
+		cs[i] = render.Change(c)
+	}
+	d.r.Fold(cs, b.Full)
+}
+
+// checkFailed reports, and logs, an Apply error that is the check command's refusal: the old
+// version stays live and the next change tries again.
+func (d *dispenser) checkFailed(err error, revision int64) bool {
+	var f *hook.Failure
+	if !errors.As(err, &f) {
+		return false
+	}
+	d.log.Error("check command failed; the previous version stays live", "revision", revision,
+		"command", f.Name, "code", f.Code, "output", f.Output)
+	return true
+}
+
+// render renders the templates and reports whether a destination changed. Before the child
+// started, a template that fails is an error, so that the child never starts without its file.
+func (d *dispenser) render() (bool, error) {
+	if d.r == nil {
+		return false, nil
+	}
+	o := d.r.Render()
+	if !d.first && len(o.Failed) > 0 {
+		return o.Changed(), fmt.Errorf("templates not rendered: %v", o.Failed)
+	}
+	return o.Changed(), nil
+}
+
+// notify tells the command that a new version is live: the reload command if there is one,
+// and the signal unless a reload command replaces it.
+func (d *dispenser) notify(ctx context.Context, revision int64) {
+	if r := d.cfg.Reload; len(r.Argv) > 0 {
+		if err := r.Run(ctx, d.sup, childEnv(os.Environ(), d.cfg.PassSecrets), d.cfg.Target, d.cfg.Target); err != nil {
+			d.log.Error("reload command failed", "revision", revision, "err", err)
+		} else {
+			d.log.Info("reload command ran", "revision", revision, "command", r.Argv[0])
+		}
+		if !d.cfg.SignalOnReload {
+			return
+		}
+	}
+	if len(d.cfg.Command) == 0 {
+		return
+	}
+	if err := d.sup.Signal(d.cfg.Signal); err != nil {
+		d.log.Warn("could not signal the command", "signal", d.cfg.Signal.String(), "err", err)
+	} else {
+		d.log.Info("signal sent", "signal", d.cfg.Signal.String(), "revision", revision)
+	}
+}
