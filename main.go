@@ -103,7 +103,7 @@ func run(args []string) int {
 		d.firstApplied = func() { timer.Stop() }
 	}
 	srcDone := make(chan error, 1)
-	go func() { srcDone <- src.Run(runCtx, d.apply) }()
+	go func() { srcDone <- src.Run(runCtx, d.applyFunc()) }()
 
 	select {
 	case err := <-srcDone: // with --once, or when the start timeout expired

@@ -9,6 +9,7 @@ import (
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/quiesce"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
@@ -24,6 +25,14 @@ func versionCheck(cfg config.Config, sup *supervisor.Supervisor) func(staged str
 	return func(staged string) error {
 		return cfg.Check.Run(context.Background(), sup, childEnv(os.Environ(), cfg.PassSecrets), staged, cfg.Target)
 	}
+}
+
+// applyFunc is what the source calls: d.apply, behind a quiesce buffer with --wait.
+func (d *dispenser) applyFunc() source.ApplyFunc {
+	if d.cfg.Wait <= 0 || d.cfg.Once {
+		return d.apply
+	}
+	return quiesce.New(d.cfg.Wait, d.cfg.MaxWait, d.apply).Apply
 }
 
 // newRenderer returns nil without templates.

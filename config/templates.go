@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -20,17 +21,21 @@ type Templating struct {
 	// SignalOnReload is set when --signal was given explicitly: with a reload command, the
 	// signal is sent only then.
 	SignalOnReload bool
+	// Wait and MaxWait (--wait MIN[:MAX]): apply once the keys were quiet for Wait, at most
+	// MaxWait after the first pending change. 0: apply at once.
+	Wait, MaxWait time.Duration
 }
 
 // templatingFlags adds the flags of Templating to fs and returns the function that checks
 // them once fs is parsed.
 func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 	var templates []string
-	var check, reload string
+	var check, reload, wait string
 	var timeout time.Duration
 	fs.StringArrayVar(&templates, "template", nil, "SRC:DEST: render the Go template SRC over the keys into the file DEST after each change (repeatable)")
 	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a new version goes live; {{staged}} is the staged directory or file")
 	fs.StringVar(&reload, "reload-cmd", "", "command run after a new version went live (then the signal is sent only if --signal is given)")
+	fs.StringVar(&wait, "wait", "", "MIN[:MAX]: apply a change once the keys were quiet for MIN, at most MAX (default 4×MIN) after the first pending one")
 	fs.DurationVar(&timeout, "command-timeout", time.Minute, "time limit of each check or reload command")
 	return func(c *Config) []error {
 		var errs []error
@@ -51,6 +56,12 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 			}
 			dests[abs] = s
 			t.Templates = append(t.Templates, spec)
+		}
+		if wait != "" {
+			var err error
+			if t.Wait, t.MaxWait, err = parseWait(wait); err != nil {
+				errs = append(errs, fmt.Errorf("--wait %q: %w", wait, err))
+			}
 		}
 		if timeout <= 0 {
 			errs = append(errs, fmt.Errorf("--command-timeout %v: must be positive", timeout))
@@ -84,4 +95,20 @@ func inside(dir, path string) bool {
 	}
 	rel, err := filepath.Rel(d, p)
 	return err == nil && (rel == "." || !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && rel != "..")
+}
+
+// parseWait reads MIN[:MAX]; MAX defaults to 4×MIN, as in consul-template.
+func parseWait(s string) (lo, hi time.Duration, err error) {
+	bad := errors.New("use MIN or MIN:MAX, durations like 2s or 500ms:10s, with 0 < MIN <= MAX")
+	a, b, hasMax := strings.Cut(s, ":")
+	if lo, err = time.ParseDuration(a); err != nil || lo <= 0 {
+		return 0, 0, bad
+	}
+	hi = 4 * lo
+	if hasMax {
+		if hi, err = time.ParseDuration(b); err != nil || hi < lo {
+			return 0, 0, bad
+		}
+	}
+	return lo, hi, nil
 }

@@ -44,10 +44,23 @@ func TestBadTemplateValuesNameTheFlag(t *testing.T) {
 		{[]string{"--check-cmd", "nginx 'unterminated"}, `--check-cmd "nginx 'unterminated"`},
 		{[]string{"--reload-cmd", " "}, `--reload-cmd`},
 		{[]string{"--command-timeout=0s"}, `--command-timeout`},
+		{[]string{"--wait=0s"}, `--wait "0s"`},
+		{[]string{"--wait=2s:1s"}, `--wait "2s:1s"`},
+		{[]string{"--wait=soon"}, `--wait "soon"`},
 	} {
 		_, err := Parse(append([]string{"-p", "/a", "-t", "/config"}, tc.args...), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want it to mention %s", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestWait(t *testing.T) {
+	for in, want := range map[string][2]time.Duration{"2s": {2 * time.Second, 8 * time.Second},
+		"500ms:10s": {500 * time.Millisecond, 10 * time.Second}} {
+		c, err := Parse([]string{"-p", "/a", "-t", "/b", "--wait", in}, io.Discard)
+		if err != nil || c.Wait != want[0] || c.MaxWait != want[1] {
+			t.Errorf("--wait %s: %v %v, %v", in, c.Wait, c.MaxWait, err)
 		}
 	}
 }
