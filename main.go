@@ -66,6 +66,9 @@ func run(args []string) int {
 		return 1
 	}
 	defer client.Close()
+	if cfg.DryRun {
+		return dryRun(cfg, client, log, os.Stdout)
+	}
 
 	layout := writer.Atomic
 	if cfg.Layout == "plain" {

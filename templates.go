@@ -1,18 +1,28 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/preview"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/quiesce"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
 )
 
 // The wiring of templates, check and reload commands into the apply path.
@@ -108,4 +118,65 @@ func (d *dispenser) notify(ctx context.Context, revision int64) {
 	} else {
 		d.log.Info("signal sent", "signal", d.cfg.Signal.String(), "revision", revision)
 	}
+}
+
+// dryRun prints what a sync would change, in the target and in the templates' destinations,
+// and changes nothing.
+func dryRun(cfg config.Config, client *clientv3.Client, log *slog.Logger, out io.Writer) int {
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(cfg.StartTimeout, time.Minute))
+	defer cancel()
+	snap, err := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Logger: log}).Snapshot(ctx)
+	if err != nil {
+		log.Error("dry run: cannot read the prefix", "err", err)
+		return 1
+	}
+	live, err := preview.Live(cfg.Target)
+	if err != nil {
+		log.Error("dry run: cannot read the target", "target", cfg.Target, "err", err)
+		return 1
+	}
+	want := map[string][]byte{}
+	for _, c := range snap.Changes {
+		if p, err := writer.KeyPath(c.Key); err == nil {
+			want[p] = c.Value
+		}
+	}
+	changes := 0
+	paths := slices.Collect(maps.Keys(want))
+	for p := range live {
+		if _, ok := want[p]; !ok {
+			paths = append(paths, p)
+		}
+	}
+	slices.Sort(paths)
+	for _, p := range paths {
+		if d := preview.Diff(filepath.Join(cfg.Target, p), live[p], want[p], cfg.ShowValues); d != "" {
+			fmt.Fprint(out, d)
+			changes++
+		}
+	}
+	r, err := newRenderer(cfg, nil, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: --%v\n", err)
+		return 2
+	}
+	if r != nil {
+		cs := make([]render.Change, len(snap.Changes))
+		for i, c := range snap.Changes {
+			cs[i] = render.Change(c)
+		}
+		r.Fold(cs, true)
+		for _, p := range r.Previews() {
+			if p.Err != nil {
+				fmt.Fprintf(out, "%s: template fails: %v\n", p.Dest, p.Err)
+				continue
+			}
+			if d := preview.Diff(p.Dest, p.Old, p.New, cfg.ShowValues); d != "" {
+				fmt.Fprint(out, d)
+				changes++
+			}
+		}
+	}
+	log.Info("dry run: nothing was changed", "revision", snap.Revision, "files_that_would_change", changes)
+	return 0
 }

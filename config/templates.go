@@ -24,6 +24,8 @@ type Templating struct {
 	// Wait and MaxWait (--wait MIN[:MAX]): apply once the keys were quiet for Wait, at most
 	// MaxWait after the first pending change. 0: apply at once.
 	Wait, MaxWait time.Duration
+	DryRun        bool // print what would change and exit
+	ShowValues    bool // with DryRun: diffs of the content, not only sizes
 }
 
 // templatingFlags adds the flags of Templating to fs and returns the function that checks
@@ -36,6 +38,8 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a new version goes live; {{staged}} is the staged directory or file")
 	fs.StringVar(&reload, "reload-cmd", "", "command run after a new version went live (then the signal is sent only if --signal is given)")
 	fs.StringVar(&wait, "wait", "", "MIN[:MAX]: apply a change once the keys were quiet for MIN, at most MAX (default 4×MIN) after the first pending one")
+	fs.BoolVar(&t.DryRun, "dry-run", false, "print what would change (a diff per file; sizes only without --show-values), touch nothing, exit")
+	fs.BoolVar(&t.ShowValues, "show-values", false, "with --dry-run: show the values in the diffs (they may be secrets)")
 	fs.DurationVar(&timeout, "command-timeout", time.Minute, "time limit of each check or reload command")
 	return func(c *Config) []error {
 		var errs []error
@@ -62,6 +66,9 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 			if t.Wait, t.MaxWait, err = parseWait(wait); err != nil {
 				errs = append(errs, fmt.Errorf("--wait %q: %w", wait, err))
 			}
+		}
+		if t.DryRun && len(c.Command) > 0 {
+			errs = append(errs, fmt.Errorf("--dry-run prints what would change and exits, so it takes no command (got %q)", c.Command[0]))
 		}
 		if timeout <= 0 {
 			errs = append(errs, fmt.Errorf("--command-timeout %v: must be positive", timeout))

@@ -249,3 +249,24 @@ func syncDir(dir string) error {
 	err = d.Sync()
 	return errors.Join(err, d.Close())
 }
+
+// Preview is what one template would render, for --dry-run; nothing is written.
+type Preview struct {
+	Dest     string
+	Old, New []byte // Old is nil when Dest does not exist
+	Err      error  // the template failed to render
+}
+
+// Previews renders every template in memory over the current values.
+func (r *Renderer) Previews() []Preview {
+	var ps []Preview
+	for _, t := range r.templates {
+		p := Preview{Dest: t.Dest}
+		if old, err := os.ReadFile(t.Dest); err == nil {
+			p.Old = old
+		}
+		p.New, p.Err = r.output(t)
+		ps = append(ps, p)
+	}
+	return ps
+}
