@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
@@ -65,22 +66,31 @@ func run(args []string) int {
 		return 1
 	}
 	defer client.Close()
+	if cfg.DryRun {
+		return dryRun(cfg, client, log, os.Stdout)
+	}
 
 	layout := writer.Atomic
 	if cfg.Layout == "plain" {
 		layout = writer.Plain
 	}
 	w, err := writer.Open(writer.Options{Dir: cfg.Target, Layout: layout, Mode: os.FileMode(cfg.Mode),
-		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log})
+		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log, Check: versionCheck(cfg, sup)})
 	if err != nil {
 		log.Error("cannot use the target directory", "target", cfg.Target, "err", err)
 		return 1
 	}
 	defer w.Close()
+	r, err := newRenderer(cfg, sup, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: --%v\n", err)
+		sup.Shutdown()
+		return 2
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, started: make(chan error, 1)}
+	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, r: r, started: make(chan error, 1)}
 	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
 		CheckInterval: cfg.CheckInterval, BatchInterval: cfg.BatchInterval, Logger: log})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
@@ -96,7 +106,7 @@ func run(args []string) int {
 		d.firstApplied = func() { timer.Stop() }
 	}
 	srcDone := make(chan error, 1)
-	go func() { srcDone <- src.Run(runCtx, d.apply) }()
+	go func() { srcDone <- src.Run(runCtx, d.applyFunc()) }()
 
 	select {
 	case err := <-srcDone: // with --once, or when the start timeout expired
@@ -160,7 +170,8 @@ type dispenser struct {
 	log          *slog.Logger
 	sup          *supervisor.Supervisor
 	w            *writer.Writer
-	started      chan error // receives once, when the first batch has been applied
+	r            *render.Renderer // nil without templates
+	started      chan error       // receives once, when the first batch has been applied
 	first        bool
 	firstApplied func()
 }
@@ -170,7 +181,15 @@ func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
 	for i, c := range b.Changes {
 		wb.Changes[i] = writer.Change(c)
 	}
+	d.fold(b)
 	res, err := d.w.Apply(wb)
+	if err != nil {
+		if d.checkFailed(err, b.Revision) && d.first {
+			return nil
+		}
+		return err
+	}
+	rendered, err := d.render()
 	if err != nil {
 		return err
 	}
@@ -186,12 +205,8 @@ func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
 		}
 		return nil
 	}
-	if res.Changed && len(d.cfg.Command) > 0 {
-		if err := d.sup.Signal(d.cfg.Signal); err != nil {
-			d.log.Warn("could not signal the command", "signal", d.cfg.Signal.String(), "err", err)
-		} else {
-			d.log.Info("signal sent", "signal", d.cfg.Signal.String(), "revision", b.Revision)
-		}
+	if res.Changed || rendered {
+		d.notify(ctx, b.Revision)
 	}
 	return nil
 }

@@ -38,6 +38,7 @@ type Config struct {
 	Version       bool
 	Help          bool
 	Command       []string
+	Templating    // templates, check and reload commands (templates.go)
 }
 
 // ErrHelp is returned when --help was asked for; the usage was written.
@@ -71,6 +72,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "print this help and exit")
+	checkTemplating := templatingFlags(fs, &c.Templating)
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: etcd-config-dispenser --prefix=/key/prefix --target=/dir [flags] [-- command args...]\n\n"+
 			"Mirrors an etcd prefix into a directory, starts the command, and signals it after each change.\n"+
@@ -143,6 +145,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	if c.Once && len(c.Command) > 0 {
 		check(fmt.Errorf("--once syncs and exits, so it takes no command (got %q): drop --once to run the command", c.Command[0]))
 	}
+	errs = append(errs, checkTemplating(&c)...)
 	if c.Once && c.StartTimeout == 0 {
 		c.StartTimeout = time.Minute
 	}

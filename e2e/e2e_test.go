@@ -258,6 +258,10 @@ func equalTree(t *testing.T, dir string, want map[string]string) func() error {
 func runChild(role string) int {
 	target, logPath := os.Getenv("E2E_TARGET"), os.Getenv("E2E_LOG")
 	logf := func(what string, files map[string]string) {
+		if rendered := os.Getenv("E2E_RENDERED"); rendered != "" && files != nil {
+			b, _ := os.ReadFile(rendered) // what a template rendered, outside the target
+			files["@rendered"] = string(b)
+		}
 		b, _ := json.Marshal(event{What: what, Files: files})
 		f, err := os.OpenFile(logPath, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err != nil {

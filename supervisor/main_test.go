@@ -19,7 +19,7 @@ import (
 )
 
 const (
-	envInit             = "SUPERVISOR_TEST_INIT"              // "1": be the init; "no-child": wait for Terminated; "run": Run the command
+	envInit             = "SUPERVISOR_TEST_INIT"              // "1": be the init; "no-child": wait for Terminated; "run": Run the command; "output": Output
 	envChild            = "SUPERVISOR_TEST_CHILD"             // role of a child, see runChild
 	envName             = "SUPERVISOR_TEST_NAME"              // prefix of a child's report lines
 	envKillTimeout      = "SUPERVISOR_TEST_KILL_TIMEOUT"      // Options.KillTimeout
@@ -76,6 +76,11 @@ func runInit(mode string) int {
 		}
 		code, err := s.Run(ctx, argsAfterDash(), withoutVar(os.Environ(), envInit))
 		fmt.Println("run exit", code, err)
+		return s.Shutdown()
+	}
+	if mode == "output" {
+		code, out, err := s.Output(context.Background(), argsAfterDash(), withoutVar(os.Environ(), envInit))
+		fmt.Printf("output exit %d %q %v\n", code, out, err)
 		return s.Shutdown()
 	}
 	if err := s.Start(argsAfterDash(), withoutVar(os.Environ(), envInit)); err != nil {

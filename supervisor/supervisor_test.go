@@ -261,3 +261,12 @@ func TestRunKillsHelperWhenContextEnds(t *testing.T) {
 		t.Errorf("exit code %d, want 0 (no child)", code)
 	}
 }
+
+func TestOutputCapturesHelperOutput(t *testing.T) {
+	p := startInit(t, initConfig{mode: "output",
+		argv: []string{"/bin/sh", "-c", "echo out; echo err >&2; exit 3"}})
+	p.expect(`output exit 3 "out\nerr\n" <nil>`)
+	if code := p.exitCode(); code != 0 {
+		t.Errorf("exit code %d, want 0 (no child)", code)
+	}
+}

@@ -1,0 +1,121 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
+)
+
+// Templating is what the command line says about templates and the check and reload commands.
+type Templating struct {
+	Templates []render.Spec
+	Check     hook.Command // no Argv: none
+	Reload    hook.Command // no Argv: none
+	// SignalOnReload is set when --signal was given explicitly: with a reload command, the
+	// signal is sent only then.
+	SignalOnReload bool
+	// Wait and MaxWait (--wait MIN[:MAX]): apply once the keys were quiet for Wait, at most
+	// MaxWait after the first pending change. 0: apply at once.
+	Wait, MaxWait time.Duration
+	DryRun        bool // print what would change and exit
+	ShowValues    bool // with DryRun: diffs of the content, not only sizes
+}
+
+// templatingFlags adds the flags of Templating to fs and returns the function that checks
+// them once fs is parsed.
+func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
+	var templates []string
+	var check, reload, wait string
+	var timeout time.Duration
+	fs.StringArrayVar(&templates, "template", nil, "SRC:DEST: render the Go template SRC over the keys into the file DEST after each change (repeatable)")
+	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a new version goes live; {{staged}} is the staged directory or file")
+	fs.StringVar(&reload, "reload-cmd", "", "command run after a new version went live (then the signal is sent only if --signal is given)")
+	fs.StringVar(&wait, "wait", "", "MIN[:MAX]: apply a change once the keys were quiet for MIN, at most MAX (default 4×MIN) after the first pending one")
+	fs.BoolVar(&t.DryRun, "dry-run", false, "print what would change (a diff per file; sizes only without --show-values), touch nothing, exit")
+	fs.BoolVar(&t.ShowValues, "show-values", false, "with --dry-run: show the values in the diffs (they may be secrets)")
+	fs.DurationVar(&timeout, "command-timeout", time.Minute, "time limit of each check or reload command")
+	return func(c *Config) []error {
+		var errs []error
+		t.SignalOnReload = fs.Changed("signal")
+		dests := map[string]string{}
+		for _, s := range templates {
+			spec, err := render.ParseSpec(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--template %w", err))
+				continue
+			}
+			if inside(c.Target, spec.Dest) {
+				errs = append(errs, fmt.Errorf("--template %q: the destination is inside --target %s, which mirrors the keys; render it elsewhere", s, c.Target))
+			}
+			abs, _ := filepath.Abs(spec.Dest)
+			if other, ok := dests[abs]; ok {
+				errs = append(errs, fmt.Errorf("--template %q and %q: both render into %s", other, s, spec.Dest))
+			}
+			dests[abs] = s
+			t.Templates = append(t.Templates, spec)
+		}
+		if wait != "" {
+			var err error
+			if t.Wait, t.MaxWait, err = parseWait(wait); err != nil {
+				errs = append(errs, fmt.Errorf("--wait %q: %w", wait, err))
+			}
+		}
+		if t.DryRun && len(c.Command) > 0 {
+			errs = append(errs, fmt.Errorf("--dry-run prints what would change and exits, so it takes no command (got %q)", c.Command[0]))
+		}
+		if timeout <= 0 {
+			errs = append(errs, fmt.Errorf("--command-timeout %v: must be positive", timeout))
+		}
+		for _, f := range []struct {
+			name, value string
+			cmd         *hook.Command
+		}{{"check-cmd", check, &t.Check}, {"reload-cmd", reload, &t.Reload}} {
+			if f.value == "" {
+				continue
+			}
+			cmd, err := hook.Parse(f.value, timeout)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--%s %q: %w; it is split into words like a shell does, without expansion (use sh -c '...' for a shell)", f.name, f.value, err))
+			}
+			*f.cmd = cmd
+		}
+		return errs
+	}
+}
+
+// inside reports whether path is dir or below it.
+func inside(dir, path string) bool {
+	if dir == "" {
+		return false
+	}
+	d, err1 := filepath.Abs(dir)
+	p, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(d, p)
+	return err == nil && (rel == "." || !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && rel != "..")
+}
+
+// parseWait reads MIN[:MAX]; MAX defaults to 4×MIN, as in consul-template.
+func parseWait(s string) (lo, hi time.Duration, err error) {
+	bad := errors.New("use MIN or MIN:MAX, durations like 2s or 500ms:10s, with 0 < MIN <= MAX")
+	a, b, hasMax := strings.Cut(s, ":")
+	if lo, err = time.ParseDuration(a); err != nil || lo <= 0 {
+		return 0, 0, bad
+	}
+	hi = 4 * lo
+	if hasMax {
+		if hi, err = time.ParseDuration(b); err != nil || hi < lo {
+			return 0, 0, bad
+		}
+	}
+	return lo, hi, nil
+}

@@ -1,0 +1,66 @@
+package config
+
+import (
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
+)
+
+func TestTemplatesAndCommands(t *testing.T) {
+	c, err := Parse([]string{"-p", "/a", "-t", "/config", "--template", "h.tmpl:/etc/haproxy/haproxy.cfg",
+		"--template=n.tmpl:/etc/nginx/up.conf", "--check-cmd", `haproxy -c -f '{{staged}}'`,
+		"--reload-cmd", "sh -c 'kill -USR2 1'", "--command-timeout=5s"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []render.Spec{{Src: "h.tmpl", Dest: "/etc/haproxy/haproxy.cfg"}, {Src: "n.tmpl", Dest: "/etc/nginx/up.conf"}}
+	if !slices.Equal(c.Templates, want) {
+		t.Fatalf("templates %+v", c.Templates)
+	}
+	if !slices.Equal(c.Check.Argv, []string{"haproxy", "-c", "-f", "{{staged}}"}) || c.Check.Timeout != 5*time.Second {
+		t.Fatalf("check %+v", c.Check)
+	}
+	if !slices.Equal(c.Reload.Argv, []string{"sh", "-c", "kill -USR2 1"}) || c.SignalOnReload {
+		t.Fatalf("reload %+v, signal on reload %v", c.Reload, c.SignalOnReload)
+	}
+	c, _ = Parse([]string{"-p", "/a", "-t", "/config", "--reload-cmd", "x", "--signal=HUP"}, io.Discard)
+	if !c.SignalOnReload {
+		t.Fatal("--signal given explicitly is not remembered")
+	}
+}
+
+func TestBadTemplateValuesNameTheFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--template=nocolon"}, `--template "nocolon"`},
+		{[]string{"--template=a:/config/x"}, `inside --target`},
+		{[]string{"--template=a:/x", "--template=b:/x"}, `both render into /x`},
+		{[]string{"--check-cmd", "nginx 'unterminated"}, `--check-cmd "nginx 'unterminated"`},
+		{[]string{"--reload-cmd", " "}, `--reload-cmd`},
+		{[]string{"--command-timeout=0s"}, `--command-timeout`},
+		{[]string{"--wait=0s"}, `--wait "0s"`},
+		{[]string{"--wait=2s:1s"}, `--wait "2s:1s"`},
+		{[]string{"--wait=soon"}, `--wait "soon"`},
+	} {
+		_, err := Parse(append([]string{"-p", "/a", "-t", "/config"}, tc.args...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want it to mention %s", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestWait(t *testing.T) {
+	for in, want := range map[string][2]time.Duration{"2s": {2 * time.Second, 8 * time.Second},
+		"500ms:10s": {500 * time.Millisecond, 10 * time.Second}} {
+		c, err := Parse([]string{"-p", "/a", "-t", "/b", "--wait", in}, io.Discard)
+		if err != nil || c.Wait != want[0] || c.MaxWait != want[1] {
+			t.Errorf("--wait %s: %v %v, %v", in, c.Wait, c.MaxWait, err)
+		}
+	}
+}

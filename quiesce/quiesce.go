@@ -1,0 +1,90 @@
+// Package quiesce delays batches until the keys have been quiet for a while, like
+// consul-template's wait: a burst of changes becomes one applied batch, so the program is
+// reloaded once rather than once per change.
+//
+// Pending batches are merged whole (a revision is never split); a Full batch replaces
+// everything pending, since it lists every key. The merged batch is applied Min after the last
+// change, but never later than Max after the first pending one, so a prefix that never goes
+// quiet is still applied.
+package quiesce
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
+)
+
+// Buffer sits between the source and the real apply function.
+type Buffer struct {
+	min, max time.Duration
+	apply    source.ApplyFunc
+
+	mu      sync.Mutex // held while applying, so applies never overlap
+	seen    bool       // the first batch went through
+	pending *source.Batch
+	first   time.Time // when the first pending change arrived
+	gen     int       // which scheduled flush is current
+	timer   *time.Timer
+	err     error // of a delayed apply, reported at the next Apply
+}
+
+// New returns a Buffer that applies through apply, quiet for wait, at most maxWait after the
+// first pending change. maxWait < wait is taken as wait.
+func New(wait, maxWait time.Duration, apply source.ApplyFunc) *Buffer {
+	return &Buffer{min: wait, max: max(wait, maxWait), apply: apply}
+}
+
+// Apply is a source.ApplyFunc. The first batch is applied at once (the program waits for it
+// to start); later ones are merged and applied once the keys are quiet. An error of a delayed
+// apply is returned by the next call, so the source resyncs and nothing is lost.
+func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.seen {
+		q.seen = true
+		return q.apply(ctx, b)
+	}
+	if err := q.err; err != nil {
+		q.err, q.pending = nil, nil
+		return err
+	}
+	now := time.Now()
+	if q.pending == nil {
+		q.first = now
+	}
+	q.pending = Merge(q.pending, b)
+	delay := min(q.min, q.first.Add(q.max).Sub(now))
+	q.gen++
+	gen := q.gen
+	if q.timer != nil {
+		q.timer.Stop()
+	}
+	q.timer = time.AfterFunc(delay, func() { q.flush(ctx, gen) })
+	return nil
+}
+
+// flush applies what is pending, unless a later change rescheduled it.
+func (q *Buffer) flush(ctx context.Context, gen int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if gen != q.gen || q.pending == nil || ctx.Err() != nil {
+		return
+	}
+	b := *q.pending
+	q.pending = nil
+	if err := q.apply(ctx, b); err != nil && ctx.Err() == nil {
+		q.err = err
+	}
+}
+
+// Merge returns the batch that has the effect of a followed by b. a may be nil.
+func Merge(a *source.Batch, b source.Batch) *source.Batch {
+	if a == nil || b.Full {
+		return &b
+	}
+	m := source.Batch{Revision: b.Revision, Full: a.Full,
+		Changes: append(append(make([]source.Change, 0, len(a.Changes)+len(b.Changes)), a.Changes...), b.Changes...)}
+	return &m
+}

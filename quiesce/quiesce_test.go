@@ -1,0 +1,100 @@
+package quiesce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
+)
+
+func change(k, v string) source.Change { return source.Change{Key: k, Value: []byte(v)} }
+
+func TestMergeKeepsOrderAndFullResets(t *testing.T) {
+	m := Merge(nil, source.Batch{Revision: 2, Changes: []source.Change{change("a", "1")}})
+	m = Merge(m, source.Batch{Revision: 3, Changes: []source.Change{change("a", "2"), {Key: "b", Delete: true}}})
+	if m.Revision != 3 || m.Full || fmt.Sprint(m.Changes) != fmt.Sprint([]source.Change{change("a", "1"), change("a", "2"), {Key: "b", Delete: true}}) {
+		t.Fatalf("merged %+v", m)
+	}
+	m = Merge(m, source.Batch{Revision: 9, Full: true, Changes: []source.Change{change("c", "3")}})
+	if !m.Full || m.Revision != 9 || len(m.Changes) != 1 {
+		t.Fatalf("a full batch did not replace what was pending: %+v", m)
+	}
+	m = Merge(m, source.Batch{Revision: 10, Changes: []source.Change{{Key: "c", Delete: true}}})
+	if !m.Full || m.Revision != 10 || len(m.Changes) != 2 {
+		t.Fatalf("a change after a full batch: %+v", m)
+	}
+}
+
+// recorder is the apply function behind the buffer.
+type recorder chan source.Batch
+
+func (r recorder) apply(_ context.Context, b source.Batch) error { r <- b; return nil }
+
+func TestFirstBatchAtOnceThenABurstBecomesOne(t *testing.T) {
+	r := make(recorder, 200)
+	q := New(300*time.Millisecond, time.Minute, r.apply)
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	select {
+	case <-r:
+	default:
+		t.Fatal("the first batch was delayed")
+	}
+	for i := 2; i <= 101; i++ {
+		q.Apply(ctx, source.Batch{Revision: int64(i), Changes: []source.Change{change("k", fmt.Sprint(i))}})
+	}
+	b := <-r
+	if b.Revision != 101 || len(b.Changes) != 100 {
+		t.Fatalf("applied revision %d with %d changes, want 101 with all 100", b.Revision, len(b.Changes))
+	}
+	select {
+	case b := <-r:
+		t.Fatalf("a second batch %+v", b)
+	case <-time.After(600 * time.Millisecond):
+	}
+}
+
+// A prefix that never goes quiet is applied after max anyway.
+func TestNeverLaterThanMax(t *testing.T) {
+	r := make(recorder, 200)
+	q := New(200*time.Millisecond, 600*time.Millisecond, r.apply)
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	<-r
+	tick := time.NewTicker(20 * time.Millisecond) // changes 10 times faster than min
+	defer tick.Stop()
+	give := time.After(30 * time.Second)
+	for rev := int64(2); ; rev++ {
+		select {
+		case <-r:
+			return
+		case <-give:
+			t.Fatal("nothing applied while changes kept coming")
+		case <-tick.C:
+			q.Apply(ctx, source.Batch{Revision: rev, Changes: []source.Change{change("k", "v")}})
+		}
+	}
+}
+
+func TestDelayedErrorIsReportedAtTheNextApply(t *testing.T) {
+	failed := make(chan struct{})
+	q := New(time.Millisecond, time.Millisecond, func(_ context.Context, b source.Batch) error {
+		if b.Revision == 2 {
+			close(failed)
+			return errors.New("disk full")
+		}
+		return nil
+	})
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	q.Apply(ctx, source.Batch{Revision: 2})
+	<-failed
+	q.mu.Lock() // the flush that failed has returned once the lock is free
+	q.mu.Unlock()
+	if err := q.Apply(ctx, source.Batch{Revision: 3}); err == nil || err.Error() != "disk full" {
+		t.Fatalf("next Apply returned %v, want the delayed error", err)
+	}
+}

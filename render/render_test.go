@@ -1,0 +1,180 @@
+package render
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// newRenderer writes the template text to a file and returns a Renderer for it, rendering into
+// dest in a fresh directory.
+func newRenderer(t *testing.T, text string, check func(dest, staged string) error) (*Renderer, string) {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "t.tmpl")
+	if err := os.WriteFile(src, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(dir, "out", "haproxy.cfg")
+	r, err := New(Options{Templates: []Spec{{Src: src, Dest: dest}}, Mode: 0o640, UID: -1, GID: -1,
+		NoSync: true, Check: check, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, dest
+}
+
+func put(kv ...string) []Change {
+	var cs []Change
+	for i := 0; i < len(kv); i += 2 {
+		cs = append(cs, Change{Key: kv[i], Value: []byte(kv[i+1]), Delete: kv[i+1] == ""})
+	}
+	return cs
+}
+
+func read(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+const backends = `{{range keys "backends"}}server {{base .}} {{get .}}
+{{end}}`
+
+func TestRendersBackendsAndReplacesOnlyOnChange(t *testing.T) {
+	r, dest := newRenderer(t, backends, nil)
+	r.Fold(put("backends/web1", "10.0.0.1:80", "backends2/x", "not below backends/"), true)
+	if o := r.Render(); !o.Changed() || len(o.Failed) > 0 {
+		t.Fatalf("first render: %+v", o)
+	}
+	if got := read(t, dest); got != "server web1 10.0.0.1:80\n" {
+		t.Fatalf("rendered %q", got)
+	}
+	if st, _ := os.Stat(dest); st.Mode().Perm() != 0o640 {
+		t.Fatalf("mode %v, want 0640", st.Mode())
+	}
+	r.Fold(put("other", "x"), false)
+	if o := r.Render(); o.Changed() {
+		t.Fatalf("a key the template does not read changed the output: %+v", o)
+	}
+	r.Fold(put("backends/web0", "10.0.0.0:80", "backends/web1", ""), false)
+	if o := r.Render(); !o.Changed() {
+		t.Fatal("a new backend did not change the output")
+	}
+	if got := read(t, dest); got != "server web0 10.0.0.0:80\n" {
+		t.Fatalf("rendered %q", got)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dest))
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left beside the destination: %v", entries)
+	}
+}
+
+func TestExistingIdenticalDestinationIsNotRewritten(t *testing.T) {
+	r, dest := newRenderer(t, `{{get "a"}}`, nil)
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	os.WriteFile(dest, []byte("1"), 0o600)
+	r.Fold(put("a", "1"), true)
+	if o := r.Render(); o.Changed() {
+		t.Fatalf("an identical destination was replaced: %+v", o)
+	}
+}
+
+func TestMissingKeyKeepsTheOldFileAndNamesKeyAndTemplate(t *testing.T) {
+	var logs strings.Builder
+	r, dest := newRenderer(t, `{{get "a"}}`, nil)
+	r.log = slog.New(slog.NewTextHandler(&logs, nil))
+	r.Fold(put("a", "1"), true)
+	r.Render()
+	r.Fold(put("a", ""), false)
+	o := r.Render()
+	if o.Changed() || len(o.Failed) != 1 {
+		t.Fatalf("outcome %+v, want one failure", o)
+	}
+	if got := read(t, dest); got != "1" {
+		t.Fatalf("destination %q, want the old output", got)
+	}
+	if !strings.Contains(logs.String(), `key \"a\" does not exist (template `) {
+		t.Fatalf("the log does not name the key and the template:\n%s", logs.String())
+	}
+}
+
+func TestCheckFailureKeepsTheOldFileAndRetries(t *testing.T) {
+	fail := true
+	var checked string
+	r, dest := newRenderer(t, `{{get "a"}}`, func(dest, staged string) error {
+		checked = read(t, staged)
+		if fail {
+			return errors.New("nope")
+		}
+		return nil
+	})
+	r.Fold(put("a", "1"), true)
+	if o := r.Render(); o.Changed() || len(o.Failed) != 1 {
+		t.Fatalf("outcome %+v", o)
+	}
+	if checked != "1" {
+		t.Fatalf("the check saw %q, want the new output", checked)
+	}
+	if _, err := os.Stat(dest); !os.IsNotExist(err) {
+		t.Fatalf("destination written despite the failed check: %v", err)
+	}
+	fail = false
+	if o := r.Render(); !o.Changed() {
+		t.Fatalf("retry: %+v", o)
+	}
+	if got := read(t, dest); got != "1" {
+		t.Fatalf("destination %q", got)
+	}
+}
+
+func TestFunctions(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{`{{getdefault "nope" "d"}} {{getdefault "a" "d"}}`, "d 1"},
+		{`{{exists "a"}} {{exists "nope"}}`, "true false"},
+		{`{{values "hosts/" | join ","}}`, "h1,h2"},
+		{`{{keys "" | join ","}}`, "a,cfg,enc,hosts/x,hosts/y,list"},
+		{`{{range entries "hosts"}}{{.Key}}={{.Value}};{{end}}`, "hosts/x=h1;hosts/y=h2;"},
+		{`{{with json (get "cfg")}}{{.port}} {{index .tags 1}}{{end}}`, "8080 b"},
+		{`{{get "enc" | base64decode}} {{"hi" | base64encode}}`, "secret aGk="},
+		{`{{split (get "list") "," | sort | join " "}}`, "a b c"},
+		{`{{trimprefix "hosts/" "hosts/x"}} {{dir "a/b/c"}} {{base "a/b/c"}} {{upper "x"}}`, "x a/b c X"},
+		{`{{index . "hosts/x"}}`, "h1"},
+	} {
+		r, dest := newRenderer(t, tc.text, nil)
+		r.Fold(put("a", "1", "hosts/x", "h1", "hosts/y", "h2", "cfg", `{"port":8080,"tags":["a","b"]}`,
+			"enc", "c2VjcmV0", "list", "c,a,b"), true)
+		if o := r.Render(); len(o.Failed) > 0 {
+			t.Fatalf("%s: failed", tc.text)
+		}
+		if got := read(t, dest); got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.text, got, tc.want)
+		}
+	}
+}
+
+func TestParseErrorNamesTheFile(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "bad.tmpl")
+	os.WriteFile(src, []byte("{{range}"), 0o644)
+	_, err := New(Options{Templates: []Spec{{Src: src, Dest: "/nonexistent/x"}}})
+	if err == nil || !strings.Contains(err.Error(), src) {
+		t.Fatalf("error %v does not name %s", err, src)
+	}
+}
+
+func TestParseSpec(t *testing.T) {
+	if s, err := ParseSpec("a.tmpl:/etc/a.conf"); err != nil || s != (Spec{"a.tmpl", "/etc/a.conf"}) {
+		t.Fatalf("%v %v", s, err)
+	}
+	for _, bad := range []string{"a.tmpl", ":x", "x:"} {
+		if _, err := ParseSpec(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
