@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/metrics"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
@@ -78,11 +79,22 @@ func run(args []string) int {
 	}
 	defer w.Close()
 
+	var m *metrics.Metrics // nil (counting nothing) without --listen
+	if cfg.Listen != "" {
+		m = metrics.New(version)
+		stop, err := m.Serve(cfg.Listen, log)
+		if err != nil {
+			log.Error("cannot serve metrics and health checks", "err", err)
+			return 1
+		}
+		defer stop()
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, started: make(chan error, 1)}
+	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, m: m, started: make(chan error, 1)}
 	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
-		CheckInterval: cfg.CheckInterval, Logger: log})
+		CheckInterval: cfg.CheckInterval, Logger: log, Observer: m})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
 		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())
 
@@ -159,6 +171,7 @@ type dispenser struct {
 	log          *slog.Logger
 	sup          *supervisor.Supervisor
 	w            *writer.Writer
+	m            *metrics.Metrics
 	started      chan error // receives once, when the first batch has been applied
 	first        bool
 	firstApplied func()
@@ -173,8 +186,10 @@ func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
 	if err != nil {
 		return err
 	}
+	d.m.BatchApplied(res.Written, res.Removed, res.Skipped)
 	if !d.first {
 		d.first = true
+		d.m.Synced()
 		if d.firstApplied != nil {
 			d.firstApplied()
 		}
@@ -189,6 +204,7 @@ func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
 		if err := d.sup.Signal(d.cfg.Signal); err != nil {
 			d.log.Warn("could not signal the command", "signal", d.cfg.Signal.String(), "err", err)
 		} else {
+			d.m.SignalSent()
 			d.log.Info("signal sent", "signal", d.cfg.Signal.String(), "revision", b.Revision)
 		}
 	}

@@ -34,6 +34,7 @@ type Config struct {
 	PassSecrets   bool
 	LogFormat     string
 	LogLevel      string
+	Listen        string // address of the metrics and health server; "" for none
 	Version       bool
 	Help          bool
 	Command       []string
@@ -67,6 +68,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.Listen, "listen", "", "serve /metrics, /healthz and /readyz over HTTP on this address, e.g. :9090 (default off)")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "print this help and exit")
 	fs.Usage = func() {

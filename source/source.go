@@ -61,7 +61,34 @@ type Options struct {
 	// Once stops Run after the first applied snapshot.
 	Once   bool
 	Logger *slog.Logger
+	// Observer, if set, is told what the source sees (for metrics and health checks).
+	Observer Observer
 }
+
+// Observer learns what the source sees. Its methods are called from Run's goroutine and must
+// return quickly.
+type Observer interface {
+	// Applied reports the revision up to which everything has been applied (it also moves on
+	// progress notifications, without a batch).
+	Applied(rev int64)
+	// EtcdRevision reports the revision of a response header: etcd's latest known revision.
+	EtcdRevision(rev int64)
+	// EtcdError reports a failed request or watch; the source retries.
+	EtcdError(err error)
+	// Watching reports whether the source follows etcd live: true once a snapshot is applied
+	// and while the watch works, false with the reason while it fails or resyncs.
+	Watching(ok bool, reason string)
+	// Resync reports a full resync after the initial snapshot, and why.
+	Resync(reason string)
+}
+
+type noObserver struct{}
+
+func (noObserver) Applied(int64)         {}
+func (noObserver) EtcdRevision(int64)    {}
+func (noObserver) EtcdError(error)       {}
+func (noObserver) Watching(bool, string) {}
+func (noObserver) Resync(string)         {}
 
 // Source is the etcd side of the dispenser.
 type Source struct {
@@ -75,6 +102,8 @@ type Source struct {
 	term      uint64
 	gen       int
 	failing   bool
+	connected bool
+	obs       Observer
 }
 
 // New returns a Source for the given options.
@@ -91,7 +120,11 @@ func New(opts Options) *Source {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger}
+	obs := opts.Observer
+	if obs == nil {
+		obs = noObserver{}
+	}
+	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs}
 }
 
 // NormalizePrefix makes the prefix a directory boundary by giving it one
@@ -105,6 +138,12 @@ func NormalizePrefix(p string) string {
 
 // Applied is the revision up to which everything has been applied.
 func (s *Source) Applied() int64 { return s.applied.Load() }
+
+// setApplied records that everything up to rev has been applied.
+func (s *Source) setApplied(rev int64) {
+	s.applied.Store(rev)
+	s.obs.Applied(rev)
+}
 
 // Resyncs counts the full resyncs after the initial snapshot.
 func (s *Source) Resyncs() int64 { return s.resyncs.Load() }
@@ -144,6 +183,8 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 		if errors.As(err, &r) {
 			s.log.Warn("resyncing the whole prefix", "reason", r.reason, "applied_revision", s.Applied())
 			s.resyncs.Add(1)
+			s.obs.Resync(r.reason)
+			s.obs.Watching(false, "resyncing: "+r.reason)
 			needSnapshot = true
 			continue
 		}
@@ -158,6 +199,9 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 
 // fail logs an etcd problem once per outage at warning level, then at debug.
 func (s *Source) fail(what string, err error) {
+	s.obs.EtcdError(err)
+	s.obs.Watching(false, fmt.Sprintf("etcd %s failing: %v", what, err))
+	s.connected = false
 	if !s.failing {
 		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
 		s.failing = true
@@ -183,8 +227,9 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	if err := apply(ctx, b); err != nil {
 		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
 	}
-	s.applied.Store(b.Revision)
+	s.setApplied(b.Revision)
 	s.recovered()
+	s.obs.Watching(true, "")
 	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
 		"ms", time.Since(start).Milliseconds())
 	return nil
@@ -220,6 +265,8 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 		if b.Revision == 0 {
 			b.Revision = resp.Header.Revision
 			s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+			s.obs.EtcdRevision(resp.Header.Revision)
+			s.logConnected(ctx, resp.Header.MemberId)
 		}
 		for _, kv := range resp.Kvs {
 			b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
@@ -229,6 +276,27 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// logConnected says once per connection which etcd member answered, by its client URLs when
+// the member list can be read.
+func (s *Source) logConnected(ctx context.Context, member uint64) {
+	if s.connected {
+		return
+	}
+	s.connected = true
+	var urls []string
+	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	if ml, err := s.opts.Client.MemberList(rctx); err == nil {
+		for _, m := range ml.Members {
+			if m.ID == member {
+				urls = m.ClientURLs
+			}
+		}
+	}
+	s.log.Info("connected to etcd", "member", fmt.Sprintf("%x", member), "endpoint", strings.Join(urls, ","),
+		"cluster", fmt.Sprintf("%x", s.clusterID))
 }
 
 // noteHeader remembers the cluster and the highest raft term seen.
@@ -274,6 +342,11 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 			if err := s.checkRevision(ctx); err != nil {
 				return err
 			}
+			// A progress notification moves the applied revision past writes outside the
+			// prefix, so the watch lag (etcd's revision minus the applied one) returns to 0.
+			if err := s.opts.Client.RequestProgress(wctx); err != nil {
+				s.log.Debug("requesting watch progress", "err", err)
+			}
 		case resp, ok := <-wch:
 			if !ok {
 				return errors.New("watch channel closed")
@@ -283,9 +356,10 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				return err
 			}
 			s.recovered()
+			s.obs.Watching(true, "")
 			bo.reset()
 			if len(b.Changes) == 0 {
-				s.applied.Store(max(s.Applied(), b.Revision))
+				s.setApplied(max(s.Applied(), b.Revision))
 				continue
 			}
 			if err := apply(ctx, b); err != nil {
@@ -295,7 +369,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				s.log.Error("applying batch failed", "revision", b.Revision, "err", err)
 				return errResync{"a batch could not be applied"}
 			}
-			s.applied.Store(b.Revision)
+			s.setApplied(b.Revision)
 		}
 	}
 }
@@ -344,6 +418,7 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 	if err := s.checkHeader(resp.Header.ClusterId, resp.Header.RaftTerm); err != nil {
 		return err
 	}
+	s.obs.EtcdRevision(resp.Header.Revision)
 	if resp.IsProgressNotify() {
 		b.Revision = max(b.Revision, resp.Header.Revision)
 		return nil
@@ -377,6 +452,7 @@ func (s *Source) checkRevision(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("revision check: %w", err)
 	}
+	s.obs.EtcdRevision(resp.Header.Revision)
 	if resp.Header.Revision < s.Applied() {
 		return errResync{fmt.Sprintf("etcd revision %d is below the applied revision %d (etcd wiped or restored?)",
 			resp.Header.Revision, s.Applied())}
