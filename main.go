@@ -94,7 +94,7 @@ func run(args []string) int {
 	defer cancel()
 	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, m: m, started: make(chan error, 1)}
 	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
-		CheckInterval: cfg.CheckInterval, Logger: log, Observer: m})
+		CheckInterval: cfg.CheckInterval, Coalesce: cfg.Coalesce, Logger: log, Observer: m})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
 		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())
 

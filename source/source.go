@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,6 +59,11 @@ type Options struct {
 	CheckInterval time.Duration
 	// RequestTimeout bounds each Get (default 10s).
 	RequestTimeout time.Duration
+	// Coalesce is, during a burst, the least time from one applied batch to the next:
+	// changes that arrive meanwhile are merged into one batch, so a burst causes few batches
+	// (and signals). A burst is when changes arrived while the previous batch was being
+	// applied; a change that finds the source idle is applied at once. 0 never holds.
+	Coalesce time.Duration
 	// Once stops Run after the first applied snapshot.
 	Once   bool
 	Logger *slog.Logger
@@ -334,6 +340,8 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 
 	check := time.NewTicker(s.opts.CheckInterval)
 	defer check.Stop()
+	var lastApply time.Time
+	burst := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -351,7 +359,15 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 			if !ok {
 				return errors.New("watch channel closed")
 			}
-			b, err := s.collect(resp, wch)
+			var hold time.Time
+			if burst {
+				hold = lastApply.Add(s.opts.Coalesce)
+			}
+			b, merged, err := s.collect(ctx, resp, wch, hold)
+			// Several responses at once mean changes came while the last batch was being
+			// applied: a burst, whose next changes are held for Coalesce and merged. A
+			// lone change is applied at once.
+			burst = merged > 1 && s.opts.Coalesce > 0
 			if err != nil {
 				return err
 			}
@@ -370,6 +386,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				return errResync{"a batch could not be applied"}
 			}
 			s.setApplied(b.Revision)
+			lastApply = time.Now()
 		}
 	}
 }
@@ -378,30 +395,58 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 // still applied in steps.
 const maxMerge = 1024
 
-// collect turns the response, and any further responses already waiting,
-// into one batch of whole revisions.
-func (s *Source) collect(first clientv3.WatchResponse, wch clientv3.WatchChan) (Batch, error) {
-	b := Batch{Revision: s.Applied()}
-	resp := first
-	for n := 0; ; n++ {
-		if err := s.absorb(&b, resp); err != nil {
-			return b, err
-		}
-		if n == maxMerge {
-			return b, nil
-		}
-		select {
-		case next, ok := <-wch:
-			if !ok {
-				// Apply what arrived; the next receive sees the closed
-				// channel and re-watches.
-				return b, nil
-			}
-			resp = next
-		default:
-			return b, nil
-		}
+// collect turns the response, and any further responses already waiting, into one batch of
+// whole revisions. Until hold (if it is later than now) it also waits for more, so that a
+// burst becomes few batches. It returns how many responses it merged.
+func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch clientv3.WatchChan,
+	hold time.Time) (b Batch, merged int, err error) {
+	b = Batch{Revision: s.Applied()}
+	var held <-chan time.Time
+	if d := time.Until(hold); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		held = t.C
 	}
+	resp := first
+	for merged = 1; ; merged++ {
+		if err := s.absorb(&b, resp); err != nil {
+			return b, merged, err
+		}
+		if merged == maxMerge {
+			return b, merged, nil
+		}
+		next, ok, got := receiveNow(wch)
+		if !got && held != nil {
+			select {
+			case next, ok = <-wch:
+				got = true
+			case <-held:
+			case <-ctx.Done():
+				return b, merged, ctx.Err()
+			}
+		}
+		if !got || !ok {
+			// Nothing more waiting, or the channel closed: apply what arrived; the next
+			// receive sees the closed channel and re-watches.
+			return b, merged, nil
+		}
+		resp = next
+	}
+}
+
+// receiveNow receives a response if one is waiting. clientv3 hands over its buffered
+// responses one at a time from another goroutine, which needs to run between two of them:
+// yielding once lets it offer the next, so a backlog is merged instead of applied one by one.
+func receiveNow(wch clientv3.WatchChan) (resp clientv3.WatchResponse, ok, got bool) {
+	for try := 0; try < 2; try++ {
+		select {
+		case resp, ok = <-wch:
+			return resp, ok, true
+		default:
+		}
+		runtime.Gosched()
+	}
+	return resp, false, false
 }
 
 // absorb adds one watch response to the batch.
