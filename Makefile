@@ -9,3 +9,6 @@ test:
 
 demo:
 	go run ./cmd/demo
+
+bench:
+	go run ./bench

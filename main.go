@@ -18,6 +18,7 @@ import (
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/metrics"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
@@ -88,11 +89,22 @@ func run(args []string) int {
 		return 2
 	}
 
+	var m *metrics.Metrics // nil (counting nothing) without --listen
+	if cfg.Listen != "" {
+		m = metrics.New(version)
+		stop, err := m.Serve(cfg.Listen, log)
+		if err != nil {
+			log.Error("cannot serve metrics and health checks", "err", err)
+			return 1
+		}
+		defer stop()
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, r: r, started: make(chan error, 1)}
+	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, r: r, m: m, started: make(chan error, 1)}
 	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
-		CheckInterval: cfg.CheckInterval, BatchInterval: cfg.BatchInterval, Logger: log})
+		CheckInterval: cfg.CheckInterval, Coalesce: cfg.Coalesce, Logger: log, Observer: m})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
 		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())
 
@@ -171,6 +183,7 @@ type dispenser struct {
 	sup          *supervisor.Supervisor
 	w            *writer.Writer
 	r            *render.Renderer // nil without templates
+	m            *metrics.Metrics // nil without --listen: counts nothing
 	started      chan error       // receives once, when the first batch has been applied
 	first        bool
 	firstApplied func()
@@ -193,8 +206,10 @@ func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
 	if err != nil {
 		return err
 	}
+	d.m.BatchApplied(res.Written, res.Removed, res.Skipped)
 	if !d.first {
 		d.first = true
+		d.m.Synced()
 		if d.firstApplied != nil {
 			d.firstApplied()
 		}

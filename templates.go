@@ -116,6 +116,7 @@ func (d *dispenser) notify(ctx context.Context, revision int64) {
 	if err := d.sup.Signal(d.cfg.Signal); err != nil {
 		d.log.Warn("could not signal the command", "signal", d.cfg.Signal.String(), "err", err)
 	} else {
+		d.m.SignalSent()
 		d.log.Info("signal sent", "signal", d.cfg.Signal.String(), "revision", revision)
 	}
 }

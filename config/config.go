@@ -31,10 +31,11 @@ type Config struct {
 	SignalGroup   bool
 	StartTimeout  time.Duration
 	CheckInterval time.Duration
-	BatchInterval time.Duration
+	Coalesce      time.Duration
 	PassSecrets   bool
 	LogFormat     string
 	LogLevel      string
+	Listen        string // address of the metrics and health server; "" for none
 	Version       bool
 	Help          bool
 	Command       []string
@@ -66,10 +67,11 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.SignalGroup, "signal-group", false, "send signals to the child's whole process group, not only the child")
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
-	fs.DurationVar(&c.BatchInterval, "batch-interval", 50*time.Millisecond, "least time between two applied versions (and signals): changes arriving sooner are applied together; 0 applies each at once")
+	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "after applying a change, merge the changes of the next DURATION into one batch and one signal (0: apply each at once)")
 	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.Listen, "listen", "", "serve /metrics, /healthz and /readyz over HTTP on this address, e.g. :9090 (default off)")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "print this help and exit")
 	checkTemplating := templatingFlags(fs, &c.Templating)
@@ -139,8 +141,8 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	default:
 		check(fmt.Errorf("--log-level %q: accepted values are debug, info, warn and error", c.LogLevel))
 	}
-	if c.KillTimeout < 0 || c.StartTimeout < 0 || c.BatchInterval < 0 || c.CheckInterval <= 0 {
-		check(errors.New("--kill-timeout, --start-timeout and --batch-interval must not be negative, --check-interval must be positive"))
+	if c.KillTimeout < 0 || c.StartTimeout < 0 || c.Coalesce < 0 || c.CheckInterval <= 0 {
+		check(errors.New("--kill-timeout, --start-timeout and --coalesce must not be negative, --check-interval must be positive"))
 	}
 	if c.Once && len(c.Command) > 0 {
 		check(fmt.Errorf("--once syncs and exits, so it takes no command (got %q): drop --once to run the command", c.Command[0]))

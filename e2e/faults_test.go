@@ -71,7 +71,7 @@ func TestKill9DuringAWriteStormLeavesAWholeVersionAndRestartConverges(t *testing
 	target := t.TempDir() + "/config"
 	n := 1
 	for round := range 5 {
-		d := startAs(t, e, runOpts{Target: target}, "", "--prefix=/p", "--batch-interval=0")
+		d := startAs(t, e, runOpts{Target: target}, "", "--prefix=/p", "--coalesce=0")
 		etcdtest.Eventually(t, 30*time.Second, func() error {
 			got, err := readTree(target, target)
 			if err == nil && len(got) != len(keys) {

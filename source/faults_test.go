@@ -144,7 +144,7 @@ func TestABurstIsMergedIntoFewBatchesOfWholeRevisions(t *testing.T) {
 	e := etcdtest.Start(t)
 	c := e.Client()
 	m := &mirror{}
-	run(t, Options{Client: e.BridgedClient(), Prefix: "/p", BatchInterval: 50 * time.Millisecond}, m)
+	run(t, Options{Client: e.BridgedClient(), Prefix: "/p", Coalesce: 50 * time.Millisecond}, m)
 	etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{}) })
 	start := time.Now()
 	var wg sync.WaitGroup

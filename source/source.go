@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,13 +59,42 @@ type Options struct {
 	CheckInterval time.Duration
 	// RequestTimeout bounds each Get (default 5s).
 	RequestTimeout time.Duration
-	// BatchInterval is the least time between two applied batches: changes
-	// arriving sooner are merged into the next batch (0: apply each at once).
-	BatchInterval time.Duration
+	// Coalesce is, during a burst, the least time from one applied batch to the next:
+	// changes that arrive meanwhile are merged into one batch, so a burst causes few batches
+	// (and signals). A burst is when changes arrived while the previous batch was being
+	// applied; a change that finds the source idle is applied at once. 0 never holds.
+	Coalesce time.Duration
 	// Once stops Run after the first applied snapshot.
 	Once   bool
 	Logger *slog.Logger
+	// Observer, if set, is told what the source sees (for metrics and health checks).
+	Observer Observer
 }
+
+// Observer learns what the source sees. Its methods are called from Run's goroutine and must
+// return quickly.
+type Observer interface {
+	// Applied reports the revision up to which everything has been applied (it also moves on
+	// progress notifications, without a batch).
+	Applied(rev int64)
+	// EtcdRevision reports the revision of a response header: etcd's latest known revision.
+	EtcdRevision(rev int64)
+	// EtcdError reports a failed request or watch; the source retries.
+	EtcdError(err error)
+	// Watching reports whether the source follows etcd live: true once a snapshot is applied
+	// and while the watch works, false with the reason while it fails or resyncs.
+	Watching(ok bool, reason string)
+	// Resync reports a full resync after the initial snapshot, and why.
+	Resync(reason string)
+}
+
+type noObserver struct{}
+
+func (noObserver) Applied(int64)         {}
+func (noObserver) EtcdRevision(int64)    {}
+func (noObserver) EtcdError(error)       {}
+func (noObserver) Watching(bool, string) {}
+func (noObserver) Resync(string)         {}
 
 // Source is the etcd side of the dispenser.
 type Source struct {
@@ -78,6 +108,8 @@ type Source struct {
 	term      uint64
 	gen       int
 	failing   bool
+	connected bool
+	obs       Observer
 	lastErr   atomic.Pointer[error]
 }
 
@@ -103,7 +135,11 @@ func New(opts Options) *Source {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger}
+	obs := opts.Observer
+	if obs == nil {
+		obs = noObserver{}
+	}
+	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs}
 }
 
 // NormalizePrefix makes the prefix a directory boundary by giving it one
@@ -117,6 +153,12 @@ func NormalizePrefix(p string) string {
 
 // Applied is the revision up to which everything has been applied.
 func (s *Source) Applied() int64 { return s.applied.Load() }
+
+// setApplied records that everything up to rev has been applied.
+func (s *Source) setApplied(rev int64) {
+	s.applied.Store(rev)
+	s.obs.Applied(rev)
+}
 
 // Resyncs counts the full resyncs after the initial snapshot.
 func (s *Source) Resyncs() int64 { return s.resyncs.Load() }
@@ -156,6 +198,8 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 		if errors.As(err, &r) {
 			s.log.Warn("resyncing the whole prefix", "reason", r.reason, "applied_revision", s.Applied())
 			s.resyncs.Add(1)
+			s.obs.Resync(r.reason)
+			s.obs.Watching(false, "resyncing: "+r.reason)
 			needSnapshot = true
 			continue
 		}
@@ -171,6 +215,9 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 // fail logs an etcd problem once per outage at warning level, then at debug.
 func (s *Source) fail(what string, err error) {
 	s.lastErr.Store(&err)
+	s.obs.EtcdError(err)
+	s.obs.Watching(false, fmt.Sprintf("etcd %s failing: %v", what, err))
+	s.connected = false
 	if !s.failing {
 		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
 		s.failing = true
@@ -197,8 +244,9 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	if err := apply(ctx, b); err != nil {
 		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
 	}
-	s.applied.Store(b.Revision)
+	s.setApplied(b.Revision)
 	s.recovered()
+	s.obs.Watching(true, "")
 	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
 		"ms", time.Since(start).Milliseconds())
 	return nil
@@ -234,6 +282,8 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 		if b.Revision == 0 {
 			b.Revision = resp.Header.Revision
 			s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+			s.obs.EtcdRevision(resp.Header.Revision)
+			s.logConnected(ctx, resp.Header.MemberId)
 		}
 		for _, kv := range resp.Kvs {
 			b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
@@ -243,6 +293,27 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// logConnected says once per connection which etcd member answered, by its client URLs when
+// the member list can be read.
+func (s *Source) logConnected(ctx context.Context, member uint64) {
+	if s.connected {
+		return
+	}
+	s.connected = true
+	var urls []string
+	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	if ml, err := s.opts.Client.MemberList(rctx); err == nil {
+		for _, m := range ml.Members {
+			if m.ID == member {
+				urls = m.ClientURLs
+			}
+		}
+	}
+	s.log.Info("connected to etcd", "member", fmt.Sprintf("%x", member), "endpoint", strings.Join(urls, ","),
+		"cluster", fmt.Sprintf("%x", s.clusterID))
 }
 
 // noteHeader remembers the cluster and the highest raft term seen.
@@ -281,6 +352,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 	check := time.NewTicker(s.opts.CheckInterval)
 	defer check.Stop()
 	var lastApply time.Time
+	burst := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -289,24 +361,34 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 			if err := s.checkRevision(ctx); err != nil {
 				return err
 			}
+			// A progress notification moves the applied revision past writes outside the
+			// prefix, so the watch lag (etcd's revision minus the applied one) returns to 0.
+			if err := s.opts.Client.RequestProgress(wctx); err != nil {
+				s.log.Debug("requesting watch progress", "err", err)
+			}
 		case resp, ok := <-wch:
 			if !ok {
 				return errors.New("watch channel closed")
 			}
-			b, err := s.collect(resp, wch)
+			var hold time.Time
+			if burst {
+				hold = lastApply.Add(s.opts.Coalesce)
+			}
+			b, merged, err := s.collect(ctx, resp, wch, hold)
+			// Several responses at once mean changes came while the last batch was being
+			// applied: a burst, whose next changes are held for Coalesce and merged. A
+			// lone change is applied at once.
+			burst = merged > 1 && s.opts.Coalesce > 0
 			if err != nil {
 				return err
 			}
 			s.recovered()
+			s.obs.Watching(true, "")
 			bo.reset()
 			if len(b.Changes) == 0 {
-				s.applied.Store(max(s.Applied(), b.Revision))
+				s.setApplied(max(s.Applied(), b.Revision))
 				continue
 			}
-			if err := s.gather(ctx, &b, wch, lastApply); err != nil {
-				return err
-			}
-			lastApply = time.Now()
 			if err := apply(ctx, b); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -314,34 +396,8 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				s.log.Error("applying batch failed", "revision", b.Revision, "err", err)
 				return errResync{"a batch could not be applied"}
 			}
-			s.applied.Store(b.Revision)
-		}
-	}
-}
-
-// gather holds a batch back until BatchInterval has passed since the last
-// apply, merging whatever arrives meanwhile: a burst of transactions becomes
-// a few versions and signals, while a lone change is applied at once.
-func (s *Source) gather(ctx context.Context, b *Batch, wch clientv3.WatchChan, lastApply time.Time) error {
-	wait := time.Until(lastApply.Add(s.opts.BatchInterval))
-	if wait <= 0 {
-		return nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-			return nil
-		case resp, ok := <-wch:
-			if !ok {
-				return nil // apply what we have; the next receive re-watches
-			}
-			if err := s.absorb(b, resp); err != nil {
-				return err
-			}
+			s.setApplied(b.Revision)
+			lastApply = time.Now()
 		}
 	}
 }
@@ -350,30 +406,58 @@ func (s *Source) gather(ctx context.Context, b *Batch, wch clientv3.WatchChan, l
 // still applied in steps.
 const maxMerge = 1024
 
-// collect turns the response, and any further responses already waiting,
-// into one batch of whole revisions.
-func (s *Source) collect(first clientv3.WatchResponse, wch clientv3.WatchChan) (Batch, error) {
-	b := Batch{Revision: s.Applied()}
-	resp := first
-	for n := 0; ; n++ {
-		if err := s.absorb(&b, resp); err != nil {
-			return b, err
-		}
-		if n == maxMerge {
-			return b, nil
-		}
-		select {
-		case next, ok := <-wch:
-			if !ok {
-				// Apply what arrived; the next receive sees the closed
-				// channel and re-watches.
-				return b, nil
-			}
-			resp = next
-		default:
-			return b, nil
-		}
+// collect turns the response, and any further responses already waiting, into one batch of
+// whole revisions. Until hold (if it is later than now) it also waits for more, so that a
+// burst becomes few batches. It returns how many responses it merged.
+func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch clientv3.WatchChan,
+	hold time.Time) (b Batch, merged int, err error) {
+	b = Batch{Revision: s.Applied()}
+	var held <-chan time.Time
+	if d := time.Until(hold); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		held = t.C
 	}
+	resp := first
+	for merged = 1; ; merged++ {
+		if err := s.absorb(&b, resp); err != nil {
+			return b, merged, err
+		}
+		if merged == maxMerge {
+			return b, merged, nil
+		}
+		next, ok, got := receiveNow(wch)
+		if !got && held != nil {
+			select {
+			case next, ok = <-wch:
+				got = true
+			case <-held:
+			case <-ctx.Done():
+				return b, merged, ctx.Err()
+			}
+		}
+		if !got || !ok {
+			// Nothing more waiting, or the channel closed: apply what arrived; the next
+			// receive sees the closed channel and re-watches.
+			return b, merged, nil
+		}
+		resp = next
+	}
+}
+
+// receiveNow receives a response if one is waiting. clientv3 hands over its buffered
+// responses one at a time from another goroutine, which needs to run between two of them:
+// yielding once lets it offer the next, so a backlog is merged instead of applied one by one.
+func receiveNow(wch clientv3.WatchChan) (resp clientv3.WatchResponse, ok, got bool) {
+	for try := 0; try < 2; try++ {
+		select {
+		case resp, ok = <-wch:
+			return resp, ok, true
+		default:
+		}
+		runtime.Gosched()
+	}
+	return resp, false, false
 }
 
 // absorb adds one watch response to the batch.
@@ -390,6 +474,7 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 	if err := s.checkHeader(resp.Header.ClusterId, resp.Header.RaftTerm); err != nil {
 		return err
 	}
+	s.obs.EtcdRevision(resp.Header.Revision)
 	if resp.IsProgressNotify() {
 		b.Revision = max(b.Revision, resp.Header.Revision)
 		return nil
@@ -423,6 +508,7 @@ func (s *Source) checkRevision(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("revision check: %w", err)
 	}
+	s.obs.EtcdRevision(resp.Header.Revision)
 	if resp.Header.Revision < s.Applied() {
 		return errResync{fmt.Sprintf("etcd revision %d is below the applied revision %d (etcd wiped or restored?)",
 			resp.Header.Revision, s.Applied())}

@@ -19,7 +19,6 @@
 package writer
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -40,7 +39,9 @@ type Change struct {
 	Delete bool
 }
 
-// Batch is the changes of one or more whole etcd revisions, applied as one.
+// Batch is the changes of one or more whole etcd revisions, applied as one. Apply may keep
+// references to the Values (not copies: a full sync of big values would hold them twice), so
+// the caller must not modify them afterwards.
 type Batch struct {
 	Revision int64
 	Full     bool     // Changes list every key that exists; every key not listed is gone (initial sync / resync)
@@ -356,7 +357,7 @@ func (w *Writer) fold(b Batch) (skipped int) {
 			delete(put, p)
 			continue
 		}
-		w.put(p, sha256.Sum256(c.Value), bytes.Clone(c.Value))
+		w.put(p, sha256.Sum256(c.Value), c.Value)
 		put[p] = true
 	}
 	// A key put in this batch, or one whose first child arrived in it, is reported while a

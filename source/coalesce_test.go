@@ -1,0 +1,51 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
+)
+
+// Changes that arrive one by one while a batch is being applied are applied together
+// afterwards, not one batch each: a burst causes few signals. (With Coalesce 0 the merge is
+// best effort: it takes what clientv3 has handed over by then.)
+func TestBacklogIsMergedIntoFewBatches(t *testing.T) {
+	for _, coalesce := range []time.Duration{50 * time.Millisecond} {
+		t.Run(fmt.Sprint("coalesce=", coalesce), func(t *testing.T) {
+			e := etcdtest.Start(t)
+			c := e.Client()
+			put(t, c, "/p/a", "0")
+			m := &mirror{}
+			gate, entered := make(chan struct{}), make(chan struct{})
+			var n atomic.Int32
+			apply := func(ctx context.Context, b Batch) error {
+				if n.Add(1) == 2 { // the first change after the snapshot
+					close(entered)
+					<-gate
+				}
+				return m.apply(ctx, b)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- New(Options{Client: c, Prefix: "/p/", Coalesce: coalesce}).Run(ctx, apply) }()
+			t.Cleanup(func() { cancel(); <-done })
+
+			etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{"a": "0"}) })
+			put(t, c, "/p/a", "1")
+			<-entered
+			// 200 revisions, each delivered in its own watch response while the apply waits.
+			for i := 2; i <= 201; i++ {
+				put(t, c, "/p/a", fmt.Sprint(i))
+			}
+			close(gate)
+			etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{"a": "201"}) })
+			if _, batches := m.snapshot(); len(batches) > 10 {
+				t.Fatalf("%d batches for a backlog of 200 revisions, want it merged", len(batches))
+			}
+		})
+	}
+}
