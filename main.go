@@ -17,8 +17,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
-	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/metrics"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
