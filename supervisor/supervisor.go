@@ -44,7 +44,7 @@ type Supervisor struct {
 	pid     int // the child's pid, 0 before Start
 	exited  bool
 	status  syscall.WaitStatus
-	exit    chan struct{} // closed when the current child is reaped, requested or not
+	exit    chan struct{}                   // closed when the current child is reaped, requested or not
 	helpers map[int]chan syscall.WaitStatus // commands started by Run, by pid
 
 	restarting bool        // Restart is stopping the child: its exit does not close done
