@@ -98,7 +98,8 @@ func (d *dispenser) render() (bool, error) {
 }
 
 // notify tells the command that a new version is live: the reload command if there is one,
-// and the signal unless a reload command replaces it.
+// then what --on-change says (a reload command replaces the default signal unless --signal
+// is also given).
 func (d *dispenser) notify(ctx context.Context, revision int64) {
 	if r := d.cfg.Reload; len(r.Argv) > 0 {
 		if err := r.Run(ctx, d.sup, childEnv(os.Environ(), d.cfg.PassSecrets), d.cfg.Target, d.cfg.Target); err != nil {
@@ -106,11 +107,22 @@ func (d *dispenser) notify(ctx context.Context, revision int64) {
 		} else {
 			d.log.Info("reload command ran", "revision", revision, "command", r.Argv[0])
 		}
-		if !d.cfg.SignalOnReload {
+		if d.cfg.OnChange == "signal" && !d.cfg.SignalOnReload {
 			return
 		}
 	}
 	if len(d.cfg.Command) == 0 {
+		return
+	}
+	switch d.cfg.OnChange {
+	case "restart":
+		if err := d.sup.Restart(d.cfg.Command, childEnv(os.Environ(), d.cfg.PassSecrets)); err != nil {
+			d.log.Warn("could not restart the command", "revision", revision, "err", err)
+		} else {
+			d.log.Info("command restarted", "revision", revision)
+		}
+		return
+	case "none":
 		return
 	}
 	if err := d.sup.Signal(d.cfg.Signal); err != nil {

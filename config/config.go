@@ -33,6 +33,7 @@ type Config struct {
 	CheckInterval time.Duration
 	BatchInterval time.Duration
 	PassSecrets   bool
+	OnChange      string // signal, restart or none: what the command gets after each change
 	LogFormat     string
 	LogLevel      string
 	Version       bool
@@ -59,6 +60,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVarP(&mode, "mode", "m", "0600", "octal mode of the files written")
 	fs.StringVarP(&owner, "owner", "o", "", "owner of the files written: user name or numeric uid")
 	fs.StringVarP(&group, "group", "g", "", "group of the files written: group name or numeric gid")
+	fs.StringVar(&c.OnChange, "on-change", "signal", "after each applied change: signal the command (--signal), restart it (SIGTERM, then start again), or none (files only)")
 	fs.StringVar(&c.Layout, "layout", "atomic", "atomic: versions swapped through a ..data symlink; plain: files replaced in place, one rename each")
 	fs.BoolVar(&c.Once, "once", false, "sync once and exit 0 (exit 1 if the sync failed); for init containers")
 	fs.BoolVar(&c.Fsync, "fsync", true, "fsync files and directories before a new version goes live")
@@ -130,6 +132,11 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	}
 	if c.Layout != "atomic" && c.Layout != "plain" {
 		check(fmt.Errorf("--layout %q: accepted values are atomic and plain", c.Layout))
+	}
+	switch c.OnChange {
+	case "signal", "restart", "none":
+	default:
+		check(fmt.Errorf("--on-change %q: accepted values are signal, restart and none", c.OnChange))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		check(fmt.Errorf("--log-format %q: accepted values are text and json", c.LogFormat))
