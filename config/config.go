@@ -34,6 +34,7 @@ type Config struct {
 	BatchInterval time.Duration
 	PassSecrets   bool
 	OnChange      string // signal, restart or none: what the command gets after each change
+	DiscoverySRV  string // DNS domain whose SRV records name the etcd endpoints
 	LogFormat     string
 	LogLevel      string
 	Version       bool
@@ -61,6 +62,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVarP(&owner, "owner", "o", "", "owner of the files written: user name or numeric uid")
 	fs.StringVarP(&group, "group", "g", "", "group of the files written: group name or numeric gid")
 	fs.StringVar(&c.OnChange, "on-change", "signal", "after each applied change: signal the command (--signal), restart it (SIGTERM, then start again), or none (files only)")
+	fs.StringVar(&c.DiscoverySRV, "discovery-srv", "", "DNS domain whose SRV records (_etcd-client-ssl._tcp, _etcd-client._tcp) name the etcd endpoints; also ETCD_DISCOVERY_SRV")
 	fs.StringVar(&c.Layout, "layout", "atomic", "atomic: versions swapped through a ..data symlink; plain: files replaced in place, one rename each")
 	fs.BoolVar(&c.Once, "once", false, "sync once and exit 0 (exit 1 if the sync failed); for init containers")
 	fs.BoolVar(&c.Fsync, "fsync", true, "fsync files and directories before a new version goes live")
