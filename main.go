@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/discovery"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/metrics"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
@@ -57,6 +59,10 @@ func run(args []string) int {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: etcd settings from the environment: %v\n", err)
 		return 2
+	}
+	if code := discoverEndpoints(cfg, &etcdCfg, log); code != 0 {
+		sup.Shutdown()
+		return code
 	}
 	etcdCfg.Logger = zap.NewNop()
 	etcdCfg.DialKeepAliveTime = 30 * time.Second
@@ -172,6 +178,32 @@ func run(args []string) int {
 	code := sup.Shutdown()
 	log.Info("command exited; stopping", "exit_code", code)
 	return code
+}
+
+// discoverEndpoints replaces the endpoints with those of the DNS SRV records when
+// --discovery-srv or ETCD_DISCOVERY_SRV is set. ETCD_DISCOVERY_DNS (host:port), for tests
+// only, sends the lookups to that DNS server. It returns an exit code, 0 to go on.
+func discoverEndpoints(cfg config.Config, etcdCfg *clientv3.Config, log *slog.Logger) int {
+	domain, err := discovery.Domain(cfg.DiscoverySRV, os.Getenv)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: %v\n", err)
+		return 2
+	}
+	if domain == "" {
+		return 0
+	}
+	var r *net.Resolver
+	if addr := os.Getenv("ETCD_DISCOVERY_DNS"); addr != "" {
+		r = discovery.Resolver(addr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if etcdCfg.Endpoints, err = discovery.Endpoints(ctx, r, domain); err != nil {
+		log.Error("DNS discovery of the etcd endpoints failed", "domain", domain, "err", err)
+		return 1
+	}
+	log.Info("etcd endpoints discovered", "domain", domain, "endpoints", etcdCfg.Endpoints)
+	return 0
 }
 
 // dispenser connects the three parts: each batch from the source goes to the

@@ -52,9 +52,16 @@ func newRenderer(cfg config.Config, sup *supervisor.Supervisor, log *slog.Logger
 	}
 	opts := render.Options{Templates: cfg.Templates, Mode: os.FileMode(cfg.Mode), UID: cfg.UID, GID: cfg.GID,
 		NoSync: !cfg.Fsync, Logger: log}
-	if len(cfg.Check.Argv) > 0 {
+	if len(cfg.Check.Argv) > 0 || len(cfg.Hooks) > 0 {
 		opts.Check = func(dest, staged string) error {
-			return cfg.Check.Run(context.Background(), sup, childEnv(os.Environ(), cfg.PassSecrets), staged, dest)
+			check := cfg.Check
+			if h := cfg.Hooks[dest]; len(h.Check.Argv) > 0 { // a --config-dir binding's own
+				check = h.Check
+			}
+			if len(check.Argv) == 0 {
+				return nil
+			}
+			return check.Run(context.Background(), sup, childEnv(os.Environ(), cfg.PassSecrets), staged, dest)
 		}
 	}
 	return render.New(opts)
@@ -94,11 +101,35 @@ func (d *dispenser) render() (bool, error) {
 	if !d.first && len(o.Failed) > 0 {
 		return o.Changed(), fmt.Errorf("templates not rendered: %v", o.Failed)
 	}
-	return o.Changed(), nil
+	return d.reloadBindings(o.Replaced), nil
+}
+
+// reloadBindings runs the reload command of each replaced destination that has its own (a
+// --config-dir binding's), and reports whether one without its own was replaced: that one
+// is for the signal or --reload-cmd. At the first sync nothing runs yet.
+func (d *dispenser) reloadBindings(replaced []string) bool {
+	changed := false
+	for _, dest := range replaced {
+		h := d.cfg.Hooks[dest]
+		if len(h.Reload.Argv) == 0 {
+			changed = true
+			continue
+		}
+		if !d.first {
+			continue
+		}
+		if err := h.Reload.Run(context.Background(), d.sup, childEnv(os.Environ(), d.cfg.PassSecrets), dest, dest); err != nil {
+			d.log.Error("reload command of a binding failed", "dest", dest, "err", err)
+		} else {
+			d.log.Info("reload command of a binding ran", "dest", dest, "command", h.Reload.Argv[0])
+		}
+	}
+	return changed
 }
 
 // notify tells the command that a new version is live: the reload command if there is one,
-// and the signal unless a reload command replaces it.
+// then what --on-change says (a reload command replaces the default signal unless --signal
+// is also given).
 func (d *dispenser) notify(ctx context.Context, revision int64) {
 	if r := d.cfg.Reload; len(r.Argv) > 0 {
 		if err := r.Run(ctx, d.sup, childEnv(os.Environ(), d.cfg.PassSecrets), d.cfg.Target, d.cfg.Target); err != nil {
@@ -106,11 +137,22 @@ func (d *dispenser) notify(ctx context.Context, revision int64) {
 		} else {
 			d.log.Info("reload command ran", "revision", revision, "command", r.Argv[0])
 		}
-		if !d.cfg.SignalOnReload {
+		if d.cfg.OnChange == "signal" && !d.cfg.SignalOnReload {
 			return
 		}
 	}
 	if len(d.cfg.Command) == 0 {
+		return
+	}
+	switch d.cfg.OnChange {
+	case "restart":
+		if err := d.sup.Restart(d.cfg.Command, childEnv(os.Environ(), d.cfg.PassSecrets)); err != nil {
+			d.log.Warn("could not restart the command", "revision", revision, "err", err)
+		} else {
+			d.log.Info("command restarted", "revision", revision)
+		}
+		return
+	case "none":
 		return
 	}
 	if err := d.sup.Signal(d.cfg.Signal); err != nil {

@@ -33,6 +33,8 @@ type Config struct {
 	CheckInterval time.Duration
 	Coalesce      time.Duration
 	PassSecrets   bool
+	OnChange      string // signal, restart or none: what the command gets after each change
+	DiscoverySRV  string // DNS domain whose SRV records name the etcd endpoints
 	LogFormat     string
 	LogLevel      string
 	Listen        string // address of the metrics and health server; "" for none
@@ -60,6 +62,8 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVarP(&mode, "mode", "m", "0600", "octal mode of the files written")
 	fs.StringVarP(&owner, "owner", "o", "", "owner of the files written: user name or numeric uid")
 	fs.StringVarP(&group, "group", "g", "", "group of the files written: group name or numeric gid")
+	fs.StringVar(&c.OnChange, "on-change", "signal", "after each applied change: signal the command (--signal), restart it (SIGTERM, then start again), or none (files only)")
+	fs.StringVar(&c.DiscoverySRV, "discovery-srv", "", "DNS domain whose SRV records (_etcd-client-ssl._tcp, _etcd-client._tcp) name the etcd endpoints; also ETCD_DISCOVERY_SRV")
 	fs.StringVar(&c.Layout, "layout", "atomic", "atomic: versions swapped through a ..data symlink; plain: files replaced in place, one rename each")
 	fs.BoolVar(&c.Once, "once", false, "sync once and exit 0 (exit 1 if the sync failed); for init containers")
 	fs.BoolVar(&c.Fsync, "fsync", true, "fsync files and directories before a new version goes live")
@@ -132,6 +136,11 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	}
 	if c.Layout != "atomic" && c.Layout != "plain" {
 		check(fmt.Errorf("--layout %q: accepted values are atomic and plain", c.Layout))
+	}
+	switch c.OnChange {
+	case "signal", "restart", "none":
+	default:
+		check(fmt.Errorf("--on-change %q: accepted values are signal, restart and none", c.OnChange))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		check(fmt.Errorf("--log-format %q: accepted values are text and json", c.LogFormat))

@@ -27,7 +27,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Signal != syscall.SIGHUP || c.Mode != 0o600 || c.UID != -1 || c.GID != -1 || c.Layout != "atomic" ||
-		!c.Fsync || c.KillTimeout != 5*time.Second || len(c.Command) != 0 {
+		!c.Fsync || c.KillTimeout != 5*time.Second || len(c.Command) != 0 || c.OnChange != "signal" {
 		t.Fatalf("defaults %+v", c)
 	}
 }
@@ -71,6 +71,7 @@ func TestBadValuesNameTheFlagAndWhatIsAccepted(t *testing.T) {
 		{[]string{"-p", "/a", "-t", "/b", "-g", "no-such-group-here"}, `--group "no-such-group-here": no such group`},
 		{[]string{"-p", "/a", "-t", "/b", "--layout", "fancy"}, `--layout "fancy": accepted values are atomic and plain`},
 		{[]string{"-p", "/a", "-t", "/b", "--log-format", "xml"}, `--log-format "xml"`},
+		{[]string{"-p", "/a", "-t", "/b", "--on-change", "reboot"}, `--on-change "reboot": accepted values are signal, restart and none`},
 		{[]string{"-p", "/a", "-t", "/b", "--once", "nginx"}, "--once syncs and exits"},
 		{[]string{"-p", "/a", "-t", "/b", "--kill-timeout", "soon"}, "kill-timeout"},
 	} {

@@ -24,17 +24,20 @@ type Templating struct {
 	// Wait and MaxWait (--wait MIN[:MAX]): apply once the keys were quiet for Wait, at most
 	// MaxWait after the first pending change. 0: apply at once.
 	Wait, MaxWait time.Duration
-	DryRun        bool // print what would change and exit
-	ShowValues    bool // with DryRun: diffs of the content, not only sizes
+	// Hooks are the own check and reload commands of --config-dir bindings, by destination.
+	Hooks      map[string]Hooks
+	DryRun     bool // print what would change and exit
+	ShowValues bool // with DryRun: diffs of the content, not only sizes
 }
 
 // templatingFlags adds the flags of Templating to fs and returns the function that checks
 // them once fs is parsed.
 func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 	var templates []string
-	var check, reload, wait string
+	var check, reload, wait, configDir string
 	var timeout time.Duration
 	fs.StringArrayVar(&templates, "template", nil, "SRC:DEST: render the Go template SRC over the keys into the file DEST after each change (repeatable)")
+	fs.StringVar(&configDir, "config-dir", "", "directory of JSON bindings (key, source, target, checkcmd, reloadcmd, mode), each a template rendered when its key changes")
 	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a new version goes live; {{staged}} is the staged directory or file")
 	fs.StringVar(&reload, "reload-cmd", "", "command run after a new version went live (then the signal is sent only if --signal is given)")
 	fs.StringVar(&wait, "wait", "", "MIN[:MAX]: apply a change once the keys were quiet for MIN, at most MAX (default 4×MIN) after the first pending one")
@@ -60,6 +63,9 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 			}
 			dests[abs] = s
 			t.Templates = append(t.Templates, spec)
+		}
+		if configDir != "" {
+			errs = append(errs, t.addBindings(configDir, c, timeout, dests)...)
 		}
 		if wait != "" {
 			var err error
@@ -88,6 +94,41 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 		}
 		return errs
 	}
+}
+
+// addBindings adds the templates of --config-dir; dests are the destinations already taken.
+func (t *Templating) addBindings(dir string, c *Config, timeout time.Duration, dests map[string]string) []error {
+	bs, err := LoadDir(dir)
+	if err != nil {
+		return []error{fmt.Errorf("--config-dir %s: %w", dir, err)}
+	}
+	var errs []error
+	for _, b := range bs {
+		spec, err := b.spec(c.Prefix, c.Mode)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--config-dir %w", err))
+			continue
+		}
+		h, err := b.hooks(timeout)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--config-dir %w", err))
+			continue
+		}
+		if inside(c.Target, spec.Dest) {
+			errs = append(errs, fmt.Errorf("--config-dir %s: the target %s is inside --target %s, which mirrors the keys; render it elsewhere", b.File, spec.Dest, c.Target))
+		}
+		abs, _ := filepath.Abs(spec.Dest)
+		if other, ok := dests[abs]; ok {
+			errs = append(errs, fmt.Errorf("--config-dir %s and --template %q: both render into %s", b.File, other, spec.Dest))
+		}
+		dests[abs] = b.File
+		if t.Hooks == nil {
+			t.Hooks = map[string]Hooks{}
+		}
+		t.Hooks[spec.Dest] = h
+		t.Templates = append(t.Templates, spec)
+	}
+	return errs
 }
 
 // inside reports whether path is dir or below it.

@@ -299,6 +299,11 @@ func runChild(role string) int {
 		case syscall.SIGTERM:
 			logf("terminate", nil)
 			return 0
+		case syscall.SIGUSR1:
+			logf(sig.String(), nil)
+			if role == "exit-on-usr1" { // ends by itself, with a code of its own
+				return 7
+			}
 		default:
 			logf(sig.String(), nil)
 		}

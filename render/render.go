@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/template"
 )
@@ -37,6 +38,10 @@ type Change struct {
 // Spec names one template: the file to read and the file to write.
 type Spec struct {
 	Src, Dest string
+	Mode      os.FileMode // of Dest; 0: Options.Mode
+	// Watch, if set, says which keys the template follows: it is rendered again only after a
+	// change of one of them (or a full batch). Nil follows every key.
+	Watch func(key string) bool
 }
 
 // ParseSpec reads SRC:DEST, the form of --template.
@@ -73,6 +78,7 @@ type tmpl struct {
 	Spec
 	t     *template.Template
 	known bool     // sum is the destination's content
+	dirty bool     // a watched key changed since the last successful render
 	sum   [32]byte // sha256 of the destination's content
 }
 
@@ -114,13 +120,19 @@ func (r *Renderer) parse(s Spec, text string) (*tmpl, error) {
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", s.Src, err)
 	}
-	return &tmpl{Spec: s, t: t}, nil
+	if s.Mode == 0 {
+		s.Mode = r.opts.Mode
+	}
+	return &tmpl{Spec: s, t: t, dirty: true}, nil
 }
 
 // Fold applies changes to the values. A full batch replaces them all.
 func (r *Renderer) Fold(changes []Change, full bool) {
 	if full {
 		r.values = make(map[string]string, len(changes))
+	}
+	for _, t := range r.templates {
+		t.dirty = t.dirty || full || t.Watch == nil || slices.ContainsFunc(changes, func(c Change) bool { return t.Watch(c.Key) })
 	}
 	for _, c := range changes {
 		if c.Delete {
@@ -145,6 +157,9 @@ func (r *Renderer) output(t *tmpl) ([]byte, error) {
 func (r *Renderer) Render() Outcome {
 	var o Outcome
 	for _, t := range r.templates {
+		if !t.dirty {
+			continue
+		}
 		out, err := r.output(t)
 		if err == nil {
 			var changed bool
@@ -154,6 +169,7 @@ func (r *Renderer) Render() Outcome {
 				r.log.Info("template rendered", "template", t.Src, "dest", t.Dest, "bytes", len(out))
 			}
 		}
+		t.dirty = err != nil // a failure is tried again at the next Render
 		if err != nil {
 			o.Failed = append(o.Failed, t.Dest)
 			r.log.Error("template not rendered; the old file stays", "template", t.Src, "dest", t.Dest, "err", err)
@@ -178,7 +194,7 @@ func (r *Renderer) replace(t *tmpl, out []byte) (bool, error) {
 	if t.known && t.sum == sum {
 		return false, nil
 	}
-	staged, err := r.stage(t.Dest, out)
+	staged, err := r.stage(t.Dest, out, t.Mode)
 	if err != nil {
 		return false, err
 	}
@@ -203,7 +219,7 @@ func (r *Renderer) replace(t *tmpl, out []byte) (bool, error) {
 }
 
 // stage is step 2: the temporary file, hidden and named after the destination.
-func (r *Renderer) stage(dest string, out []byte) (string, error) {
+func (r *Renderer) stage(dest string, out []byte, mode os.FileMode) (string, error) {
 	dir := filepath.Dir(dest)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
@@ -212,7 +228,7 @@ func (r *Renderer) stage(dest string, out []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	err = writeFile(f, out, r.opts)
+	err = writeFile(f, out, mode, r.opts)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -223,11 +239,11 @@ func (r *Renderer) stage(dest string, out []byte) (string, error) {
 	return f.Name(), nil
 }
 
-func writeFile(f *os.File, out []byte, opts Options) error {
+func writeFile(f *os.File, out []byte, mode os.FileMode, opts Options) error {
 	if _, err := f.Write(out); err != nil {
 		return err
 	}
-	if err := f.Chmod(opts.Mode); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		return err
 	}
 	if opts.UID != -1 || opts.GID != -1 {

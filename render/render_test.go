@@ -169,12 +169,43 @@ func TestParseErrorNamesTheFile(t *testing.T) {
 }
 
 func TestParseSpec(t *testing.T) {
-	if s, err := ParseSpec("a.tmpl:/etc/a.conf"); err != nil || s != (Spec{"a.tmpl", "/etc/a.conf"}) {
+	if s, err := ParseSpec("a.tmpl:/etc/a.conf"); err != nil || s.Src != "a.tmpl" || s.Dest != "/etc/a.conf" {
 		t.Fatalf("%v %v", s, err)
 	}
 	for _, bad := range []string{"a.tmpl", ":x", "x:"} {
 		if _, err := ParseSpec(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// A template with Watch is rendered again only after a change of a key it follows; its own
+// Mode wins over Options.Mode.
+func TestWatchedKeysOnlyAndOwnMode(t *testing.T) {
+	dir := t.TempDir()
+	src, dest := filepath.Join(dir, "t.tmpl"), filepath.Join(dir, "out")
+	if err := os.WriteFile(src, []byte(`{{get "db/host"}} {{getdefault "extra" "-"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Options{NoSync: true, UID: -1, GID: -1, Templates: []Spec{{Src: src, Dest: dest, Mode: 0o640,
+		Watch: func(k string) bool { return strings.HasPrefix(k, "db/") }}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fold([]Change{{Key: "db/host", Value: []byte("h1")}}, true)
+	if o := r.Render(); !o.Changed() {
+		t.Fatalf("first render changed nothing: %+v", o)
+	}
+	if st, err := os.Stat(dest); err != nil || st.Mode().Perm() != 0o640 {
+		t.Fatalf("dest %v %v, want mode 0640", st, err)
+	}
+	r.Fold([]Change{{Key: "extra", Value: []byte("x")}}, false)
+	if o := r.Render(); o.Changed() {
+		t.Fatalf("an unwatched key rendered the template again: %+v", o)
+	}
+	r.Fold([]Change{{Key: "db/host", Value: []byte("h2")}}, false)
+	r.Render()
+	if b, _ := os.ReadFile(dest); string(b) != "h2 x" {
+		t.Fatalf("dest %q, want %q (extra read, not watched)", b, "h2 x")
 	}
 }

@@ -28,6 +28,7 @@ const (
 	envSignalAfterExit  = "SUPERVISOR_TEST_SIGNAL_AFTER_EXIT" // call Signal once Done, report the error
 	envReadyFD          = "SUPERVISOR_TEST_READY_FD"          // write one byte there once signals are trapped
 	envRunTimeout       = "SUPERVISOR_TEST_RUN_TIMEOUT"       // with mode "run": context timeout
+	envRestartOnUSR2    = "SUPERVISOR_TEST_RESTART_ON_USR2"   // Restart the child at each SIGUSR2, report "init restarted ERR"
 	trapTermExitCode    = 42
 	leftoverExitCode    = 4
 	signalAfterExitCode = 3
@@ -90,6 +91,15 @@ func runInit(mode string) int {
 			return se.Code
 		}
 		return 2
+	}
+	if os.Getenv(envRestartOnUSR2) != "" {
+		usr2 := make(chan os.Signal, 1)
+		signal.Notify(usr2, syscall.SIGUSR2)
+		go func() {
+			for range usr2 {
+				fmt.Println("init restarted", s.Restart(argsAfterDash(), withoutVar(os.Environ(), envInit)))
+			}
+		}()
 	}
 	<-s.Done()
 	if os.Getenv(envSignalAfterExit) != "" {

@@ -38,6 +38,9 @@ func (s *Supervisor) record(pid int, ws syscall.WaitStatus) {
 	}
 	s.exited = true
 	s.status = ws
-	s.log.Info("child exited", "pid", pid, "code", exitCode(ws))
-	close(s.done)
+	s.log.Info("child exited", "pid", pid, "code", exitCode(ws), "restart", s.restarting)
+	close(s.exit)
+	if !s.restarting {
+		close(s.done)
+	}
 }

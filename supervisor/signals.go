@@ -69,11 +69,15 @@ func (s *Supervisor) handle(sig syscall.Signal) {
 	err := s.Signal(sig)
 	switch {
 	case errors.Is(err, ErrNotRunning):
+		if s.noteStop(sig, false) { // between two children of a Restart, which then stops
+			return
+		}
 		s.notifyTerminated(sig)
 	case err != nil:
 		s.log.Warn("forwarding signal failed", "signal", signalName(sig), "error", err)
 	default:
 		s.log.Debug("signal forwarded", "signal", signalName(sig))
+		s.noteStop(sig, true)
 		s.armKillTimer(sig)
 	}
 }

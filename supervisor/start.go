@@ -50,6 +50,11 @@ func (s *Supervisor) Start(argv []string, env []string) error {
 	if s.pid != 0 {
 		return errors.New("supervisor: child already started")
 	}
+	return s.fork(path, argv, env)
+}
+
+// fork starts the child from the path lookPath found; mu is held.
+func (s *Supervisor) fork(path string, argv, env []string) error {
 	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: []uintptr{0, 1, 2},

@@ -36,7 +36,7 @@ type Supervisor struct {
 	signals    chan os.Signal // forwardable signals, from signal.Notify
 	sigchld    chan os.Signal // SIGCHLD only; capacity 1 is enough because one reap drains all
 	terminated chan os.Signal
-	done       chan struct{}
+	done       chan struct{} // closed when the child ends without Restart asking it to
 
 	// mu is held while forking the child and while calling wait4, so that a pid seen under mu
 	// and not yet marked exited is still ours: the kernel cannot reuse it before we reap it.
@@ -44,7 +44,12 @@ type Supervisor struct {
 	pid     int // the child's pid, 0 before Start
 	exited  bool
 	status  syscall.WaitStatus
+	exit    chan struct{}                   // closed when the current child is reaped, requested or not
 	helpers map[int]chan syscall.WaitStatus // commands started by Run, by pid
+
+	restarting bool        // Restart is stopping the child: its exit does not close done
+	stopping   bool        // a SIGTERM or SIGINT was forwarded (or came during a restart): no restart
+	startErr   *StartError // the command could not be started again by Restart
 
 	killTimer <-chan time.Time // armed by a forwarded SIGTERM/SIGINT; used by loop only
 }
@@ -62,6 +67,7 @@ func New(opts Options) (*Supervisor, error) {
 		sigchld:      make(chan os.Signal, 1),
 		terminated:   make(chan os.Signal, 1),
 		done:         make(chan struct{}),
+		exit:         make(chan struct{}),
 		helpers:      map[int]chan syscall.WaitStatus{},
 	}
 	if s.killTimeout <= 0 {
@@ -116,7 +122,8 @@ func (s *Supervisor) loop() {
 // down. While a child runs these signals are forwarded to it instead.
 func (s *Supervisor) Terminated() <-chan os.Signal { return s.terminated }
 
-// Done is closed when the child has exited and been reaped.
+// Done is closed when the child has exited and been reaped, unless Restart stopped it: then
+// Done stays open and follows the new child.
 func (s *Supervisor) Done() <-chan struct{} { return s.done }
 
 // Signal sends sig to the child, or to its process group with Options.ProcessGroup. It is the
@@ -180,6 +187,15 @@ func (s *Supervisor) stopChild(deadline time.Time) {
 	if !s.running() {
 		return
 	}
+	s.mu.Lock()
+	exit := s.exit
+	s.mu.Unlock()
+	s.stop(exit, deadline)
+}
+
+// stop ends the current child, whose exit channel is exit: SIGTERM (and SIGCONT, so a stopped
+// child sees it), then SIGKILL at deadline. It returns once the child is reaped.
+func (s *Supervisor) stop(exit <-chan struct{}, deadline time.Time) {
 	s.log.Info("stopping child", "signal", "SIGTERM", "grace", s.killTimeout)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGCONT} {
 		if err := s.Signal(sig); err != nil && !errors.Is(err, ErrNotRunning) {
@@ -189,7 +205,7 @@ func (s *Supervisor) stopChild(deadline time.Time) {
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
-	case <-s.done:
+	case <-exit:
 		return
 	case <-timer.C:
 	}
@@ -197,7 +213,7 @@ func (s *Supervisor) stopChild(deadline time.Time) {
 	if err := s.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, ErrNotRunning) {
 		s.log.Warn("signalling child failed", "signal", "SIGKILL", "error", err)
 	}
-	<-s.done
+	<-exit
 }
 
 // ExitCode is the exit code the dispenser should exit with, following the shell and tini
@@ -206,6 +222,9 @@ func (s *Supervisor) stopChild(deadline time.Time) {
 func (s *Supervisor) ExitCode() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.startErr != nil {
+		return s.startErr.Code
+	}
 	if !s.exited {
 		return 0
 	}

@@ -270,3 +270,42 @@ func TestOutputCapturesHelperOutput(t *testing.T) {
 		t.Errorf("exit code %d, want 0 (no child)", code)
 	}
 }
+
+// Restart stops the child and starts a new one; the requested exit is not the end (Done stays
+// open), the new child's own exit is.
+func TestRestartStartsANewChildAndKeepsRunning(t *testing.T) {
+	p := startInit(t, initConfig{killTimeout: deadline, childRole: "trap",
+		env: []string{envRestartOnUSR2 + "=1"}})
+	first := p.expectPrefix("child ready")
+	p.signal(syscall.SIGUSR2)
+	p.expect("child SIGTERM")
+	p.expect("init restarted <nil>")
+	second := p.expectPrefix("child ready")
+	if first == second {
+		t.Fatalf("the same child %s after Restart", first)
+	}
+	if alive(atoi(t, first)) {
+		t.Errorf("old child %s still exists (not reaped)", first)
+	}
+	p.signal(syscall.SIGTERM)
+	p.expect("child SIGTERM")
+	if code := p.exitCode(); code != trapTermExitCode {
+		t.Errorf("exit code %d, want the new child's %d", code, trapTermExitCode)
+	}
+}
+
+// A child that ignores SIGTERM is killed after KillTimeout by Restart, as at shutdown.
+func TestRestartKillsChildIgnoringTerm(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	p := startInit(t, initConfig{killTimeout: grace, childRole: "ignore-term",
+		env: []string{envRestartOnUSR2 + "=1"}})
+	first := p.expectPrefix("child ready")
+	p.signal(syscall.SIGUSR2)
+	p.expect("init restarted <nil>")
+	if second := p.expectPrefix("child ready"); second == first {
+		t.Fatalf("the same child %s after Restart", first)
+	}
+	if !strings.Contains(p.log(), "child did not exit in time, sending SIGKILL") {
+		t.Errorf("no SIGKILL logged")
+	}
+}
