@@ -20,6 +20,7 @@ import (
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/discovery"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/metrics"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/quiesce"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
@@ -124,7 +125,9 @@ func run(args []string) int {
 		d.firstApplied = func() { timer.Stop() }
 	}
 	srcDone := make(chan error, 1)
-	go func() { srcDone <- src.Run(runCtx, d.applyFunc()) }()
+	apply := d.applyFunc()
+	defer d.stop() // before the writer closes: deferred calls run last first
+	go func() { srcDone <- src.Run(runCtx, apply) }()
 
 	select {
 	case err := <-srcDone: // with --once, or when the start timeout expired
@@ -215,6 +218,7 @@ type dispenser struct {
 	sup          *supervisor.Supervisor
 	w            *writer.Writer
 	r            *render.Renderer // nil without templates
+	quiet        *quiesce.Buffer  // nil without --wait
 	m            *metrics.Metrics // nil without --listen: counts nothing
 	started      chan error       // receives once, when the first batch has been applied
 	first        bool

@@ -42,7 +42,15 @@ func (d *dispenser) applyFunc() source.ApplyFunc {
 	if d.cfg.Wait <= 0 || d.cfg.Once {
 		return d.apply
 	}
-	return quiesce.New(d.cfg.Wait, d.cfg.MaxWait, d.apply).Apply
+	d.quiet = quiesce.New(d.cfg.Wait, d.cfg.MaxWait, d.apply)
+	return d.quiet.Apply
+}
+
+// stop ends delayed applies before the writer is closed.
+func (d *dispenser) stop() {
+	if d.quiet != nil {
+		d.quiet.Stop()
+	}
 }
 
 // newRenderer returns nil without templates.

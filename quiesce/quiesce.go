@@ -10,6 +10,7 @@ package quiesce
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ type Buffer struct {
 	gen     int       // which scheduled flush is current
 	timer   *time.Timer
 	err     error // of a delayed apply, reported at the next Apply
+	stopped bool
 }
 
 // New returns a Buffer that applies through apply, quiet for wait, at most maxWait after the
@@ -42,6 +44,9 @@ func New(wait, maxWait time.Duration, apply source.ApplyFunc) *Buffer {
 func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.stopped {
+		return errStopped
+	}
 	if !q.seen {
 		q.seen = true
 		return q.apply(ctx, b)
@@ -65,17 +70,43 @@ func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
 	return nil
 }
 
+var errStopped = errors.New("quiesce: Apply after Stop")
+
+// retryAfter is the least time before a failed delayed apply is tried again.
+const retryAfter = time.Second
+
 // flush applies what is pending, unless a later change rescheduled it.
 func (q *Buffer) flush(ctx context.Context, gen int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if gen != q.gen || q.pending == nil || ctx.Err() != nil {
+	if q.stopped || gen != q.gen || q.pending == nil || ctx.Err() != nil {
 		return
 	}
 	b := *q.pending
 	q.pending = nil
-	if err := q.apply(ctx, b); err != nil && ctx.Err() == nil {
-		q.err = err
+	err := q.apply(ctx, b)
+	if err == nil || ctx.Err() != nil {
+		q.err = nil
+		return
+	}
+	// The next Apply reports the error, so the source resyncs. A quiet prefix
+	// may bring no next Apply: meanwhile, try again with an empty batch, which
+	// publishes what the failed one left in the writer's model.
+	q.err = err
+	q.pending = &source.Batch{Revision: b.Revision}
+	q.gen++
+	next := q.gen
+	q.timer = time.AfterFunc(max(q.max, retryAfter), func() { q.flush(ctx, next) })
+}
+
+// Stop cancels a pending apply and waits for one in progress; nothing is
+// applied after Stop returns, so the caller may close what apply uses.
+func (q *Buffer) Stop() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.stopped, q.pending = true, nil
+	if q.timer != nil {
+		q.timer.Stop()
 	}
 }
 

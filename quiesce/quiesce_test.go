@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,13 +82,15 @@ func TestNeverLaterThanMax(t *testing.T) {
 
 func TestDelayedErrorIsReportedAtTheNextApply(t *testing.T) {
 	failed := make(chan struct{})
+	var once sync.Once
 	q := New(time.Millisecond, time.Millisecond, func(_ context.Context, b source.Batch) error {
 		if b.Revision == 2 {
-			close(failed)
+			once.Do(func() { close(failed) })
 			return errors.New("disk full")
 		}
 		return nil
 	})
+	defer q.Stop()
 	ctx := context.Background()
 	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
 	q.Apply(ctx, source.Batch{Revision: 2})
@@ -96,5 +99,54 @@ func TestDelayedErrorIsReportedAtTheNextApply(t *testing.T) {
 	q.mu.Unlock()
 	if err := q.Apply(ctx, source.Batch{Revision: 3}); err == nil || err.Error() != "disk full" {
 		t.Fatalf("next Apply returned %v, want the delayed error", err)
+	}
+}
+
+// With no next change to report it to, a failed delayed apply is tried again.
+func TestDelayedErrorIsRetriedWhenNothingElseComes(t *testing.T) {
+	tries := make(chan source.Batch, 10)
+	q := New(time.Millisecond, time.Millisecond, func(_ context.Context, b source.Batch) error {
+		tries <- b
+		if len(tries) <= 2 {
+			return errors.New("disk full")
+		}
+		return nil
+	})
+	defer q.Stop()
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	q.Apply(ctx, source.Batch{Revision: 2, Changes: []source.Change{change("a", "1")}})
+	deadline := time.After(10 * time.Second)
+	for len(tries) < 3 {
+		select {
+		case <-deadline:
+			t.Fatalf("%d tries, want the failed apply tried again", len(tries))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	q.mu.Lock()
+	err := q.err
+	q.mu.Unlock()
+	if err != nil {
+		t.Fatalf("the error %v is still pending after a successful retry", err)
+	}
+}
+
+// After Stop nothing is applied, not even what was pending.
+func TestStopCancelsWhatIsPending(t *testing.T) {
+	r := make(recorder, 10)
+	q := New(50*time.Millisecond, time.Minute, r.apply)
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	<-r
+	q.Apply(ctx, source.Batch{Revision: 2, Changes: []source.Change{change("a", "1")}})
+	q.Stop()
+	select {
+	case b := <-r:
+		t.Fatalf("applied %+v after Stop", b)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := q.Apply(ctx, source.Batch{Revision: 3}); err == nil {
+		t.Fatal("Apply after Stop succeeded")
 	}
 }
