@@ -71,7 +71,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.SignalGroup, "signal-group", false, "send signals to the child's whole process group, not only the child")
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
-	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "after applying a change, merge the changes of the next DURATION into one batch and one signal (0: apply each at once)")
+	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "during a burst, apply at most one batch (and send one signal) per DURATION, merging what arrives meanwhile; a change that finds the dispenser idle goes at once (0: never hold)")
 	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
