@@ -39,8 +39,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
 )
@@ -102,18 +100,13 @@ func bench() error {
 		return err
 	}
 	cfg.QuotaBackendBytes = 8 << 30
-	etcd, err := embed.StartEtcd(cfg)
+	etcd, cli, err := etcdtest.Run(cfg)
 	if err != nil {
 		return err
 	}
 	defer etcd.Close()
-	<-etcd.Server.ReadyNotify()
-	e.endpoint = cfg.ListenClientUrls[0].String()
-	e.cli, err = clientv3.New(clientv3.Config{Endpoints: []string{e.endpoint}, Logger: zap.NewNop()})
-	if err != nil {
-		return err
-	}
-	defer e.cli.Close()
+	defer cli.Close()
+	e.cli, e.endpoint = cli, cfg.ListenClientUrls[0].String()
 
 	ln, err := net.Listen("unix", e.sock)
 	if err != nil {
@@ -368,19 +361,29 @@ func (e *env) idle(d *dispenser, row func(k, v string)) error {
 	return nil
 }
 
-func (e *env) latency(row func(k, v string)) error {
-	prefix := "/latency/"
-	if _, err := e.load(prefix, 10, bytes.Repeat([]byte("x"), 1024)); err != nil {
-		return err
+// running loads n keys of 1 KiB under prefix and returns a dispenser whose child has started.
+func (e *env) running(prefix string, n int) (*dispenser, error) {
+	if _, err := e.load(prefix, n, bytes.Repeat([]byte("x"), 1024)); err != nil {
+		return nil, err
 	}
 	d, _, err := e.launch(prefix)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := e.next("start", 60*time.Second); err != nil {
+		d.stop()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (e *env) latency(row func(k, v string)) error {
+	prefix := "/latency/"
+	d, err := e.running(prefix, 10)
 	if err != nil {
 		return err
 	}
 	defer d.stop()
-	if _, err := e.next("start", 60*time.Second); err != nil {
-		return err
-	}
 	var lat []float64
 	ctx := context.Background()
 	for i := 0; i < *puts; i++ {
@@ -404,17 +407,11 @@ func (e *env) latency(row func(k, v string)) error {
 func (e *env) burstAndSoak(row func(k, v string)) error {
 	prefix := "/burst/"
 	const keys = 1000
-	if _, err := e.load(prefix, keys, bytes.Repeat([]byte("x"), 1024)); err != nil {
-		return err
-	}
-	d, _, err := e.launch(prefix)
+	d, err := e.running(prefix, keys)
 	if err != nil {
 		return err
 	}
 	defer d.stop()
-	if _, err := e.next("start", 60*time.Second); err != nil {
-		return err
-	}
 	e.drain()
 
 	// Burst.

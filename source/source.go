@@ -107,10 +107,9 @@ type Source struct {
 	clusterID uint64
 	term      uint64
 	gen       int
-	failing   bool
 	connected bool
 	obs       Observer
-	lastErr   atomic.Pointer[error]
+	lastErr   atomic.Pointer[error] // set during an outage
 }
 
 // LastError is the last etcd error, or nil after a success.
@@ -214,23 +213,20 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 
 // fail logs an etcd problem once per outage at warning level, then at debug.
 func (s *Source) fail(what string, err error) {
-	s.lastErr.Store(&err)
 	s.obs.EtcdError(err)
 	s.obs.Watching(false, fmt.Sprintf("etcd %s failing: %v", what, err))
 	s.connected = false
-	if !s.failing {
+	if s.lastErr.Swap(&err) == nil {
 		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
-		s.failing = true
 		return
 	}
 	s.log.Debug("etcd still failing", "during", what, "err", err)
 }
 
+// recovered ends an outage, if there was one.
 func (s *Source) recovered() {
-	s.lastErr.Store(nil)
-	if s.failing {
+	if s.lastErr.Swap(nil) != nil {
 		s.log.Info("etcd reachable again", "applied_revision", s.Applied())
-		s.failing = false
 	}
 }
 

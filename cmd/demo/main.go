@@ -20,8 +20,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
 )
@@ -53,18 +51,13 @@ func demo() error {
 	if err != nil {
 		return err
 	}
-	e, err := embed.StartEtcd(cfg)
+	e, cli, err := etcdtest.Run(cfg)
 	if err != nil {
 		return err
 	}
 	defer e.Close()
-	<-e.Server.ReadyNotify()
-	endpoint := cfg.ListenClientUrls[0].String()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, Logger: zap.NewNop()})
-	if err != nil {
-		return err
-	}
 	defer cli.Close()
+	endpoint := cfg.ListenClientUrls[0].String()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

@@ -156,11 +156,8 @@ func (s *Server) launch() *embed.Etcd {
 
 func (s *Server) ready(e *embed.Etcd) {
 	s.t.Helper()
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		e.Close()
-		s.t.Fatalf("etcdtest: server not ready after 30s")
+	if err := waitReady(e); err != nil {
+		s.t.Fatalf("etcdtest: %v", err)
 	}
 	s.mu.Lock()
 	s.etcd = e
@@ -232,6 +229,35 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 			t.Fatalf("condition not met after %v: %v", timeout, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Run starts etcd with cfg, outside tests (the demo, the benchmark), and
+// returns it once it serves, with a client of it.
+func Run(cfg *embed.Config) (*embed.Etcd, *clientv3.Client, error) {
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := waitReady(e); err != nil {
+		return nil, nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.ListenClientUrls[0].String()}, Logger: zap.NewNop()})
+	if err != nil {
+		e.Close()
+		return nil, nil, err
+	}
+	return e, cli, nil
+}
+
+// waitReady waits until e serves; after 30s it stops e and gives up.
+func waitReady(e *embed.Etcd) error {
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return errors.New("etcd not ready after 30s")
 	}
 }
 
