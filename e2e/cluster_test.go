@@ -35,7 +35,7 @@ func TestLeaderMovedAndQuorumLostThenRestored(t *testing.T) {
 	c.Members[2].Restart()
 	txn(t, cli, "/p/a", "3", "/p/b", "new")
 	d.waitEvent("a=3", func(ev event) bool { return ev.Files["a"] == "3" && ev.Files["b"] == "new" })
-	if n := d.signals(); n != 2 {
+	if n := d.finalSignals(); n != 2 {
 		t.Fatalf("%d signals, want 2: one per change, none for the outage", n)
 	}
 	if got := tree(t, d.target); fmt.Sprint(got) != fmt.Sprint(map[string]string{"a": "3", "b": "new"}) {

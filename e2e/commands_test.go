@@ -44,7 +44,7 @@ func TestFailedCheckKeepsTheOldVersionThenPassesAtTheNextChange(t *testing.T) {
 
 	txn(t, c, "/p/a", "fixed")
 	d.waitEvent("fixed", func(ev event) bool { return ev.What == "hangup" && ev.Files["a"] == "fixed" })
-	if n := d.signals(); n != 1 {
+	if n := d.finalSignals(); n != 1 {
 		t.Fatalf("%d signals, want 1: none for the refused version", n)
 	}
 	if got, _ := os.ReadFile(dest); string(got) != "conf fixed" {
@@ -83,7 +83,7 @@ func TestReloadCommandRunsAfterTheVersionIsLive(t *testing.T) {
 		}
 		return nil
 	})
-	if n := d.signals(); n != 0 {
+	if n := d.finalSignals(); n != 0 {
 		t.Fatalf("%d signals, want none: the reload command replaces the signal", n)
 	}
 

@@ -45,7 +45,7 @@ func TestConfigDirBindingRendersItsTarget(t *testing.T) {
 	if b, _ := os.ReadFile(dest); string(b) != "host=h2 name=n1\n" {
 		t.Fatalf("rendered %q after the change", b)
 	}
-	if n := d.signals(); n != 0 {
+	if n := d.finalSignals(); n != 0 {
 		t.Fatalf("%d signals with --on-change=none", n)
 	}
 }

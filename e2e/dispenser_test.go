@@ -114,7 +114,7 @@ func TestIdenticalPutSendsNothing(t *testing.T) {
 	txn(t, c, "/p/a", "same", "/p/b", "")
 	txn(t, c, "/p/marker", "m")
 	d.waitEvent("marker", func(ev event) bool { return ev.Files["marker"] == "m" })
-	if n := d.signals(); n != 1 {
+	if n := d.finalSignals(); n != 1 {
 		t.Fatalf("%d signals, want exactly 1 (for the marker; identical puts change nothing)", n)
 	}
 }

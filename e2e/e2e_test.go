@@ -180,6 +180,16 @@ func (d *dispenser) waitEvent(desc string, ok func(event) bool) []event {
 	return evs
 }
 
+// finalSignals stops the dispenser as docker stop does and counts the signals
+// the child got: SIGTERM reaches the child after every signal sent before it,
+// so a late signal cannot be missed.
+func (d *dispenser) finalSignals() int {
+	d.t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitEvent("terminate", func(ev event) bool { return ev.What == "terminate" })
+	return d.signals()
+}
+
 func (d *dispenser) signals() int {
 	n := 0
 	for _, ev := range d.events() {

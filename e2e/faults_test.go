@@ -35,7 +35,7 @@ func TestCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T) {
 
 	etcdtest.Eventually(t, 30*time.Second, equalTree(t, d.target, map[string]string{"b": "2"}))
 	d.waitEvent("the resync", func(ev event) bool { return ev.What == "hangup" && ev.Files["b"] == "2" })
-	if n := d.signals(); n != 1 {
+	if n := d.finalSignals(); n != 1 {
 		t.Fatalf("%d signals, want 1 for the resync", n)
 	}
 }

@@ -66,7 +66,7 @@ func TestTemplateFollowsServersRegisteringAndExpiring(t *testing.T) {
 	evs = d.waitEvent("web2 gone", func(ev event) bool {
 		return ev.What == "hangup" && !strings.Contains(ev.Files["@rendered"], "web2") && ev.Files["backends/web1"] != ""
 	})
-	if n := d.signals(); n != 2 {
+	if n := d.finalSignals(); n != 2 {
 		t.Fatalf("%d signals, want 2 (one per change): %+v", n, evs)
 	}
 	if got, _ := os.ReadFile(dest); string(got) != evs[0].Files["@rendered"] {

@@ -17,7 +17,7 @@ func TestWaitCoalescesABurstIntoOneSignal(t *testing.T) {
 		txn(t, c, "/p/n", fmt.Sprint(i), fmt.Sprintf("/p/k%d", i), "x")
 	}
 	evs := d.waitEvent("n=100", func(ev event) bool { return ev.What == "hangup" && ev.Files["n"] == "100" })
-	if n := d.signals(); n != 1 {
+	if n := d.finalSignals(); n != 1 {
 		t.Fatalf("%d signals for a burst of 100 puts with --wait, want 1: %+v", n, evs)
 	}
 	if got := len(tree(t, d.target)); got != 101 {
