@@ -67,7 +67,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.Layout, "layout", "atomic", "atomic: versions swapped through a ..data symlink; plain: files replaced in place, one rename each")
 	fs.BoolVar(&c.Once, "once", false, "sync once and exit 0 (exit 1 if the sync failed); for init containers")
 	fs.BoolVar(&c.Fsync, "fsync", true, "fsync files and directories before a new version goes live")
-	fs.DurationVar(&c.KillTimeout, "kill-timeout", 5*time.Second, "at shutdown, time between SIGTERM and SIGKILL")
+	fs.DurationVar(&c.KillTimeout, "kill-timeout", 0, "time between a forwarded SIGTERM or SIGINT and our SIGKILL; 0: never, the orchestrator kills after its own grace (restarts and leftover processes: 10s)")
 	fs.BoolVar(&c.SignalGroup, "signal-group", false, "send signals to the child's whole process group, not only the child")
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 func TestTheOriginalCommandLineParses(t *testing.T) {
@@ -27,7 +26,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Signal != syscall.SIGHUP || c.Mode != 0o600 || c.UID != -1 || c.GID != -1 || c.Layout != "atomic" ||
-		!c.Fsync || c.KillTimeout != 5*time.Second || len(c.Command) != 0 || c.OnChange != "signal" {
+		!c.Fsync || c.KillTimeout != 0 || len(c.Command) != 0 || c.OnChange != "signal" {
 		t.Fatalf("defaults %+v", c)
 	}
 }

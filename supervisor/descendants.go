@@ -35,8 +35,8 @@ func (s *Supervisor) stopDescendants(deadline time.Time) {
 	if s.signalDescendants(syscall.SIGTERM, termed, deadline) {
 		return
 	}
-	s.log.Warn("descendants did not exit in time, sending SIGKILL", "grace", s.killTimeout)
-	if !s.signalDescendants(syscall.SIGKILL, map[int]bool{}, time.Now().Add(s.killTimeout)) {
+	s.log.Warn("descendants did not exit in time, sending SIGKILL", "grace", s.stopTimeout)
+	if !s.signalDescendants(syscall.SIGKILL, map[int]bool{}, time.Now().Add(s.stopTimeout)) {
 		s.log.Error("descendants still present after SIGKILL", "pids", fmt.Sprint(liveDescendants()))
 	}
 }

@@ -63,6 +63,10 @@ func runInit(mode string) int {
 		fmt.Fprintln(os.Stderr, "init:", err)
 		return 2
 	}
+	if mode == "fault" {
+		var p *int
+		*p = 1 // a real SIGSEGV of our own
+	}
 	if mode == "no-child" {
 		fmt.Println("init ready")
 		fmt.Println("init terminated", signalName((<-s.Terminated()).(syscall.Signal)))

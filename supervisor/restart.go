@@ -13,7 +13,7 @@ var ErrStopping = errors.New("supervisor: stopping, child not restarted")
 
 // Restart replaces the child, for programs that cannot reload on a signal:
 //
-//  1. SIGTERM the child (and SIGCONT), SIGKILL it after KillTimeout, and wait until it is
+//  1. SIGTERM the child (and SIGCONT), SIGKILL it after KillTimeout (DefaultStopTimeout if 0), and wait until it is
 //     reaped. Its exit does not close Done: it was asked for.
 //  2. Start argv with env, as Start does.
 //
@@ -36,7 +36,7 @@ func (s *Supervisor) Restart(argv, env []string) error {
 	exit := s.exit
 	s.mu.Unlock()
 
-	s.stop(exit, time.Now().Add(s.killTimeout))
+	s.stop(exit, time.Now().Add(s.stopTimeout))
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

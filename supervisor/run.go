@@ -82,7 +82,7 @@ func (s *Supervisor) startHelper(path string, argv, env []string, out *os.File) 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{
+	pid, err := s.spawn(path, argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: files,
 	})

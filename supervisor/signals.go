@@ -1,8 +1,10 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"syscall"
 	"time"
@@ -33,8 +35,10 @@ var forwardedStandard = []syscall.Signal{
 }
 
 // notForwarded are caught only so they do not kill us: SIGPIPE's default would end PID 1 on a
-// write to a closed stdout.
-var notForwarded = []os.Signal{syscall.SIGPIPE}
+// write to a closed stdout. SEGV, BUS, FPE and ILL reach signal.Notify only when another
+// process sent them (si_code SI_USER or SI_TKILL): the Go runtime still turns a real fault of
+// ours into a crash, before looking at Notify.
+var notForwarded = []os.Signal{syscall.SIGPIPE, syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGFPE, syscall.SIGILL}
 
 // Forwardable lists every signal the supervisor forwards to the child.
 func Forwardable() []syscall.Signal {
@@ -63,7 +67,11 @@ func terminating(sig syscall.Signal) bool {
 // handle applies the forwarding rules to one signal the dispenser received.
 func (s *Supervisor) handle(sig syscall.Signal) {
 	if !isForwardable(sig) {
-		s.log.Debug("signal ignored", "signal", signalName(sig))
+		level := slog.LevelInfo // a fault signal sent by someone: worth a line
+		if sig == syscall.SIGPIPE {
+			level = slog.LevelDebug // raised by our own writes
+		}
+		s.log.Log(context.Background(), level, "signal ignored, not forwarded", "signal", signalName(sig))
 		return
 	}
 	err := s.Signal(sig)
@@ -77,6 +85,9 @@ func (s *Supervisor) handle(sig syscall.Signal) {
 		s.log.Warn("forwarding signal failed", "signal", signalName(sig), "error", err)
 	default:
 		s.log.Debug("signal forwarded", "signal", signalName(sig))
+		if sig == syscall.SIGTERM { // a stopped child acts on it only once continued
+			s.continueChild()
+		}
 		s.noteStop(sig, true)
 		s.armKillTimer(sig)
 	}
@@ -96,12 +107,20 @@ func (s *Supervisor) notifyTerminated(sig syscall.Signal) {
 
 // armKillTimer (loop goroutine only) starts the KillTimeout countdown after a SIGTERM or SIGINT reached the child:
 // a child that asked to stop but hangs is SIGKILLed, so the container does stop.
+// Without a KillTimeout there is no countdown.
 func (s *Supervisor) armKillTimer(sig syscall.Signal) {
-	if sig != syscall.SIGTERM && sig != syscall.SIGINT {
+	if sig != syscall.SIGTERM && sig != syscall.SIGINT || s.killTimeout <= 0 {
 		return
 	}
 	if s.killTimer == nil {
 		s.killTimer = time.After(s.killTimeout)
+	}
+}
+
+// continueChild sends SIGCONT after a forwarded SIGTERM, as stop does.
+func (s *Supervisor) continueChild() {
+	if err := s.Signal(syscall.SIGCONT); err != nil && !errors.Is(err, ErrNotRunning) {
+		s.log.Warn("signalling child failed", "signal", "SIGCONT", "error", err)
 	}
 }
 

@@ -55,7 +55,7 @@ func (s *Supervisor) Start(argv []string, env []string) error {
 
 // fork starts the child from the path lookPath found; mu is held.
 func (s *Supervisor) fork(path string, argv, env []string) error {
-	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{
+	pid, err := s.spawn(path, argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: []uintptr{0, 1, 2},
 		Sys:   s.sysProcAttr(),

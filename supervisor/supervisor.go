@@ -12,8 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultKillTimeout is the grace period used when Options.KillTimeout is 0.
-const DefaultKillTimeout = 5 * time.Second
+// DefaultStopTimeout is the grace between SIGTERM and SIGKILL when we stop processes ourselves
+// (Restart, and leftover descendants at Shutdown) and Options.KillTimeout is 0. It is docker
+// stop's.
+const DefaultStopTimeout = 10 * time.Second
 
 // ErrNotRunning is returned by Signal when there is no child to signal: it was never started,
 // or it has exited and been reaped (its pid may already belong to someone else).
@@ -21,15 +23,20 @@ var ErrNotRunning = errors.New("supervisor: child is not running")
 
 // Options configure a Supervisor. The zero value is usable.
 type Options struct {
-	KillTimeout  time.Duration // grace after SIGTERM before SIGKILL at shutdown; 0 means 5s
-	ProcessGroup bool          // deliver signals to the child's whole process group (child started with Setpgid) instead of the child only
-	Logger       *slog.Logger  // nil = slog.Default()
+	// KillTimeout is the grace between SIGTERM and SIGKILL. 0: a SIGTERM or SIGINT forwarded
+	// from outside is never followed by our SIGKILL (whoever sent it kills when its own grace
+	// ends: docker stop after 10 s, Kubernetes after terminationGracePeriodSeconds), and the
+	// processes we stop ourselves get DefaultStopTimeout.
+	KillTimeout  time.Duration
+	ProcessGroup bool         // deliver signals to the child's whole process group (child started with Setpgid) instead of the child only
+	Logger       *slog.Logger // nil = slog.Default()
 }
 
 // Supervisor is the init side of the dispenser: one child, every zombie, every signal.
 // There must be at most one per process, because signal handling and reaping are process-wide.
 type Supervisor struct {
-	killTimeout  time.Duration
+	killTimeout  time.Duration // 0: never after a forwarded signal
+	stopTimeout  time.Duration // KillTimeout, or DefaultStopTimeout
 	processGroup bool
 	log          *slog.Logger
 
@@ -70,8 +77,9 @@ func New(opts Options) (*Supervisor, error) {
 		exit:         make(chan struct{}),
 		helpers:      map[int]chan syscall.WaitStatus{},
 	}
-	if s.killTimeout <= 0 {
-		s.killTimeout = DefaultKillTimeout
+	s.stopTimeout = s.killTimeout
+	if s.stopTimeout <= 0 {
+		s.stopTimeout = DefaultStopTimeout
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -168,7 +176,7 @@ func (s *Supervisor) running() bool {
 // Shutdown stops everything and returns the exit code the dispenser should exit with.
 //
 //  1. If the child still runs: SIGTERM it (and SIGCONT, so a stopped child sees the SIGTERM),
-//     wait up to KillTimeout, then SIGKILL it.
+//     wait up to KillTimeout (DefaultStopTimeout if 0), then SIGKILL it.
 //  2. SIGTERM every remaining descendant (orphans reparented to us and their children), wait
 //     for the rest of the same grace period, then SIGKILL them.
 //  3. Wait until all of them are reaped.
@@ -176,7 +184,7 @@ func (s *Supervisor) running() bool {
 // The code is the child's exit code, 128+N if it was killed by signal N, and 0 if no child
 // was ever started.
 func (s *Supervisor) Shutdown() int {
-	deadline := time.Now().Add(s.killTimeout)
+	deadline := time.Now().Add(s.stopTimeout)
 	s.stopChild(deadline)
 	s.stopDescendants(deadline)
 	return s.ExitCode()
@@ -196,7 +204,7 @@ func (s *Supervisor) stopChild(deadline time.Time) {
 // stop ends the current child, whose exit channel is exit: SIGTERM (and SIGCONT, so a stopped
 // child sees it), then SIGKILL at deadline. It returns once the child is reaped.
 func (s *Supervisor) stop(exit <-chan struct{}, deadline time.Time) {
-	s.log.Info("stopping child", "signal", "SIGTERM", "grace", s.killTimeout)
+	s.log.Info("stopping child", "signal", "SIGTERM", "grace", s.stopTimeout)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGCONT} {
 		if err := s.Signal(sig); err != nil && !errors.Is(err, ErrNotRunning) {
 			s.log.Warn("signalling child failed", "signal", signalName(sig), "error", err)
@@ -209,7 +217,7 @@ func (s *Supervisor) stop(exit <-chan struct{}, deadline time.Time) {
 		return
 	case <-timer.C:
 	}
-	s.log.Warn("child did not exit in time, sending SIGKILL", "grace", s.killTimeout)
+	s.log.Warn("child did not exit in time, sending SIGKILL", "grace", s.stopTimeout)
 	if err := s.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, ErrNotRunning) {
 		s.log.Warn("signalling child failed", "signal", "SIGKILL", "error", err)
 	}
