@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // deadline bounds every wait in these tests; nothing here should take a fraction of it.
@@ -17,13 +20,15 @@ const deadline = 30 * time.Second
 
 // initConfig describes one run of the test init.
 type initConfig struct {
-	pidNamespace bool          // run as PID 1 of a new pid namespace (with its own /proc)
-	killTimeout  time.Duration // Options.KillTimeout
-	processGroup bool          // Options.ProcessGroup
-	mode         string        // envInit; "1" if empty
-	env          []string      // more environment for the init and its child
-	childRole    string        // the child is the test binary in this role (see runChild)…
-	argv         []string      // …or this command; neither with mode "no-child"
+	pidNamespace bool             // run as PID 1 of a new pid namespace (with its own /proc)
+	killTimeout  time.Duration    // Options.KillTimeout
+	processGroup bool             // Options.ProcessGroup
+	mode         string           // envInit; "1" if empty
+	env          []string         // more environment for the init and its child
+	childRole    string           // the child is the test binary in this role (see runChild)…
+	argv         []string         // …or this command; neither with mode "no-child"
+	launcher     []string         // run the init through this command (a shell that ignores signals), with the init's argv after it
+	blocked      []syscall.Signal // start the init with these signals blocked
 }
 
 // initProc is a running test init, seen from the test.
@@ -60,7 +65,11 @@ func startInit(t *testing.T, cfg initConfig) *initProc {
 		argv = []string{testBinary()}
 		cfg.env = append(cfg.env, envChild+"="+cfg.childRole)
 	}
-	cmd := exec.Command(testBinary(), append([]string{"--"}, argv...)...)
+	initArgv := append([]string{testBinary(), "--"}, argv...)
+	if len(cfg.launcher) > 0 {
+		initArgv = append(append([]string(nil), cfg.launcher...), initArgv...)
+	}
+	cmd := exec.Command(initArgv[0], initArgv[1:]...)
 	cmd.Env = append(withoutVar(withoutVar(os.Environ(), envInit), envChild),
 		envInit+"="+mode, envKillTimeout+"="+cfg.killTimeout.String())
 	cmd.Env = append(cmd.Env, cfg.env...)
@@ -84,7 +93,7 @@ func startInit(t *testing.T, cfg initConfig) *initProc {
 	}
 	cmd.Stdout, cmd.Stderr = w, stderr
 	p := &initProc{t: t, cmd: cmd, lines: make(chan string, 10000), stderr: stderr.Name(), exited: make(chan struct{}), started: time.Now()}
-	if err := cmd.Start(); err != nil {
+	if err := startBlocked(cmd, cfg.blocked); err != nil {
 		t.Fatalf("starting the init: %v", err)
 	}
 	w.Close()
@@ -248,4 +257,23 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// startBlocked starts cmd with sigs blocked in its signal mask, as a launcher can: the mask of
+// the forking thread is inherited.
+func startBlocked(cmd *exec.Cmd, sigs []syscall.Signal) error {
+	if len(sigs) == 0 {
+		return cmd.Start()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var set, old unix.Sigset_t
+	for _, sig := range sigs {
+		set.Val[(sig-1)/64] |= 1 << ((sig - 1) % 64)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old); err != nil {
+		return err
+	}
+	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	return cmd.Start()
 }

@@ -193,8 +193,10 @@ func runChild(role string) int {
 // trap reports signals until SIGTERM (exitOnTerm) or forever.
 func trap(name string, exitOnTerm bool) int {
 	c := make(chan os.Signal, 100)
-	signal.Notify(c, forwardable()...)
-	signal.Notify(c, syscall.SIGPIPE)
+	signal.Notify(c, notified(nil)...)
+	if err := countSignals(counted(), c); err != nil { // realtime signals one by one, 32 to 34 too
+		panic(err)
+	}
 	fmt.Printf("%s ready %d\n", name, os.Getpid())
 	if fd, err := strconv.Atoi(os.Getenv(envReadyFD)); err == nil {
 		os.NewFile(uintptr(fd), "ready").Write([]byte{1})

@@ -131,3 +131,91 @@ func procState(pid int) string {
 	f := strings.Fields(s[i+1:])
 	return f[0]
 }
+
+// Signals 32 to 34 do not end a dispenser that is not PID 1 (PID 1 is shielded by the kernel
+// from signals it has no handler for). 34, SIGRTMIN of glibc programs, is forwarded like the
+// other realtime signals; 32 and 33 belong to the C library's threads and are not.
+func TestSignals32To34DoNotEndTheInit(t *testing.T) {
+	p := startInit(t, initConfig{killTimeout: deadline, childRole: "trap"})
+	p.expectPrefix("child ready")
+	for _, sig := range []syscall.Signal{32, 33, 34} {
+		p.signal(sig)
+	}
+	if before := p.expect("child SIGRTMIN"); len(before) > 0 {
+		t.Errorf("before SIGRTMIN the child reported %q", before)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.exitCode(); code != trapTermExitCode {
+		t.Errorf("exit code %d, want the child's %d", code, trapTermExitCode)
+	}
+}
+
+// Every queued realtime signal reaches the child: 50 sent, 50 forwarded (the C inits deliver
+// them one by one with sigtimedwait; os/signal would merge them).
+func TestRealtimeSignalsAreNotMerged(t *testing.T) {
+	const n, sig = 50, syscall.Signal(sigRTMIN + 6)
+	p := startInit(t, initConfig{pidNamespace: true, killTimeout: deadline, childRole: "trap"})
+	p.expectPrefix("child ready")
+	for range n {
+		p.signal(sig)
+	}
+	got := 0
+	timeout := time.After(deadline)
+	for got < n {
+		select {
+		case line := <-p.lines:
+			if line == "child "+signalName(sig) {
+				got++
+			}
+		case <-timeout:
+			t.Fatalf("the child got %s %d times, want %d", signalName(sig), got, n)
+		}
+	}
+	p.signal(syscall.SIGTERM)
+	p.exitCode()
+	for _, line := range p.rest() {
+		if line == "child "+signalName(sig) {
+			got++
+		}
+	}
+	if got != n {
+		t.Errorf("the child got %s %d times, want %d", signalName(sig), got, n)
+	}
+}
+
+// The child starts with the signal dispositions and mask we were started with, as tini's
+// sigconf test checks: a background job of a non-interactive shell keeps INT ignored, and a
+// blocked signal stays blocked.
+func TestChildInheritsLaunchersSignalState(t *testing.T) {
+	p := startInit(t, initConfig{
+		launcher: []string{"/bin/sh", "-c", `trap "" INT HUP TTOU; exec "$0" "$@"`},
+		blocked:  []syscall.Signal{syscall.SIGTTIN, syscall.SIGUSR1, sigRTMIN + 6},
+		argv:     []string{"/bin/grep", "^Sig[IB]", "/proc/self/status"},
+	})
+	if code := p.exitCode(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	state := map[string]uint64{}
+	for _, line := range p.rest() {
+		name, hex, _ := strings.Cut(line, ":")
+		v, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			t.Fatalf("parsing %q: %v", line, err)
+		}
+		state[name] = v
+	}
+	has := func(set string, sig syscall.Signal) bool { return state[set]&(1<<(sig-1)) != 0 }
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGTTOU} {
+		if !has("SigIgn", sig) {
+			t.Errorf("%s: ignored by the launcher, not by the child (SigIgn %x)", signalName(sig), state["SigIgn"])
+		}
+	}
+	if has("SigIgn", syscall.SIGTTIN) {
+		t.Errorf("SIGTTIN: ignored by the dispenser for itself, and by the child too (SigIgn %x)", state["SigIgn"])
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGUSR1, sigRTMIN + 6} {
+		if !has("SigBlk", sig) {
+			t.Errorf("%s: blocked by the launcher, not by the child (SigBlk %x)", signalName(sig), state["SigBlk"])
+		}
+	}
+}

@@ -12,16 +12,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Realtime signals forwarded to the child: 35 to 64. 32 and 33 belong to glibc's thread
-// library (so glibc programs call 34 SIGRTMIN) and 34 to musl's; the Go runtime never hands
-// these three to signal.Notify.
+// Realtime signals forwarded to the child: 34 (SIGRTMIN of glibc programs) to 64. 32 and 33
+// belong to the C library's threads (glibc's SIGCANCEL and SIGSETXID), so they are caught,
+// not to die of them, and not forwarded, as tini and dumb-init do.
 const (
+	firstCounted  = 32 // the Go runtime leaves 32 to 34 alone; see counted.go
 	sigRTMIN      = 34 // as glibc programs see it
-	firstRealtime = 35
+	firstRealtime = 35 // the first realtime signal the Go runtime catches itself
 	lastRealtime  = 64
 )
 
 // forwardedStandard are the standard signals we pass on to the child. The others are left out:
+// SIGTTIN and SIGTTOU are ignored for ourselves (tini's rule), so that writing our log to a
+// terminal where the child is in the foreground neither stops us nor loops (stty tostop);
 // SIGKILL and SIGSTOP cannot be caught; SIGCHLD is ours (reaping); SIGURG is sent by the Go
 // runtime to itself for goroutine preemption; SIGPROF is kept by the Go runtime for profiling
 // and never reaches signal.Notify; SIGPIPE is raised by the kernel when we write to
@@ -30,7 +33,7 @@ const (
 var forwardedStandard = []syscall.Signal{
 	unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGTRAP, unix.SIGABRT, unix.SIGUSR1,
 	unix.SIGUSR2, unix.SIGALRM, unix.SIGTERM, unix.SIGSTKFLT, unix.SIGCONT, unix.SIGTSTP,
-	unix.SIGTTIN, unix.SIGTTOU, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGWINCH,
+	unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM, unix.SIGWINCH,
 	unix.SIGIO, unix.SIGPWR, unix.SIGSYS,
 }
 
@@ -43,16 +46,35 @@ var notForwarded = []os.Signal{syscall.SIGPIPE, syscall.SIGSEGV, syscall.SIGBUS,
 // Forwardable lists every signal the supervisor forwards to the child.
 func Forwardable() []syscall.Signal {
 	sigs := append([]syscall.Signal(nil), forwardedStandard...)
-	for n := firstRealtime; n <= lastRealtime; n++ {
+	for n := sigRTMIN; n <= lastRealtime; n++ {
 		sigs = append(sigs, syscall.Signal(n))
 	}
 	return sigs
 }
 
-// forwardable is Forwardable as the []os.Signal that signal.Notify wants.
-func forwardable() []os.Signal {
+// notified lists the signals New subscribes to with os/signal: the standard forwarded ones
+// and notForwarded, minus those the launcher ignored (they stay ignored, for us and the child).
+func notified(ignored map[syscall.Signal]bool) []os.Signal {
 	var sigs []os.Signal
-	for _, sig := range Forwardable() {
+	for _, sig := range forwardedStandard {
+		if !ignored[sig] {
+			sigs = append(sigs, sig)
+		}
+	}
+	return append(sigs, notForwarded...)
+}
+
+// counted lists the signals that get the counting handler: 32 to 34 unless someone (the
+// launcher, or a C library) already handles or ignores them, and 35 to 64.
+func counted() []syscall.Signal {
+	var sigs []syscall.Signal
+	for n := firstCounted; n <= lastRealtime; n++ {
+		sig := syscall.Signal(n)
+		if n < firstRealtime {
+			if act, err := sigaction(sig, nil); err != nil || act.handler != sigDfl {
+				continue
+			}
+		}
 		sigs = append(sigs, sig)
 	}
 	return sigs
@@ -144,10 +166,15 @@ func isForwardable(sig syscall.Signal) bool {
 	return false
 }
 
-// signalName is "SIGHUP" for syscall.SIGHUP and "SIGRTMIN+1" for 35.
+// signalName is "SIGHUP" for syscall.SIGHUP, "SIGRTMIN" for 34 and "SIGRTMIN+1" for 35.
 func signalName(sig syscall.Signal) string {
-	if name := unix.SignalName(sig); name != "" {
+	switch name := unix.SignalName(sig); {
+	case name != "":
 		return name
+	case sig == sigRTMIN:
+		return "SIGRTMIN"
+	case sig > sigRTMIN:
+		return fmt.Sprintf("SIGRTMIN+%d", int(sig)-sigRTMIN)
 	}
-	return fmt.Sprintf("SIGRTMIN+%d", int(sig)-sigRTMIN)
+	return fmt.Sprintf("signal %d", int(sig))
 }

@@ -11,7 +11,10 @@ const shell = "/bin/sh"
 // spawn forks and executes path with argv, by execvp's rule: a file the kernel refuses with
 // ENOEXEC (a script without "#!") is run as `/bin/sh path args…`. When /bin/sh is missing
 // too, the original ENOEXEC is the answer.
+//
+// Callers hold mu, which also keeps the signal dispositions of one fork from mixing with another's.
 func (s *Supervisor) spawn(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+	defer s.launcherTerminalStops()()
 	pid, err := syscall.ForkExec(path, argv, attr)
 	if !errors.Is(err, syscall.ENOEXEC) {
 		return pid, err

@@ -58,6 +58,8 @@ type Supervisor struct {
 	stopping   bool        // a SIGTERM or SIGINT was forwarded (or came during a restart): no restart
 	startErr   *StartError // the command could not be started again by Restart
 
+	stopsIgnoredByUs []os.Signal // SIGTTIN and SIGTTOU when New ignored them, not the launcher
+
 	killTimer <-chan time.Time // armed by a forwarded SIGTERM/SIGINT; used by loop only
 }
 
@@ -87,9 +89,13 @@ func New(opts Options) (*Supervisor, error) {
 	if err := becomeSubreaper(); err != nil {
 		return nil, err
 	}
+	ignored := ignoredAtStart()
 	signal.Notify(s.sigchld, syscall.SIGCHLD)
-	signal.Notify(s.signals, forwardable()...)
-	signal.Notify(s.signals, notForwarded...)
+	signal.Notify(s.signals, notified(ignored)...)
+	if err := countSignals(counted(), s.signals); err != nil {
+		return nil, err
+	}
+	s.ignoreTerminalStops(ignored)
 	go s.loop()
 	// A child of ours may have exited before Notify; reap it now rather than at the next SIGCHLD.
 	select {
