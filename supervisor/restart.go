@@ -38,26 +38,35 @@ func (s *Supervisor) Restart(argv, env []string) error {
 
 	s.stop(exit, time.Now().Add(s.stopTimeout))
 
+	pid, err := s.startAgain(path, argv, env, lookErr)
+	if err == nil {
+		s.logStarted(pid, argv)
+	}
+	return err
+}
+
+// startAgain is step 2 of Restart, under mu.
+func (s *Supervisor) startAgain(path string, argv, env []string, lookErr error) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.restarting = false
 	if s.stopping {
 		close(s.done)
-		return ErrStopping
+		return 0, ErrStopping
 	}
 	if lookErr != nil {
 		s.startErr, _ = lookErr.(*StartError)
 		close(s.done)
-		return lookErr
+		return 0, lookErr
 	}
 	s.pid, s.exited, s.status, s.exit = 0, false, 0, make(chan struct{})
 	if err := s.fork(path, argv, env); err != nil {
 		s.pid, s.exited = -1, true // Signal and running see no child; record ignores the old pid
 		s.startErr, _ = err.(*StartError)
 		close(s.done)
-		return err
+		return 0, err
 	}
-	return nil
+	return s.pid, nil
 }
 
 // noteStop remembers that the dispenser is asked to stop, so that Restart does not start a

@@ -97,10 +97,12 @@ func (s *Supervisor) startHelper(path string, argv, env []string, out *os.File) 
 // killHelper SIGKILLs a helper that has not been reaped yet.
 func (s *Supervisor) killHelper(pid int) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var err error
 	if _, running := s.helpers[pid]; running && safeTarget(pid) {
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			s.log.Warn("killing helper command failed", "pid", pid, "error", err)
-		}
+		err = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	s.mu.Unlock()
+	if err != nil && !errors.Is(err, syscall.ESRCH) {
+		s.log.Warn("killing helper command failed", "pid", pid, "error", err)
 	}
 }

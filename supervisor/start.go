@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // Exit codes of a command that could not be started, as a POSIX shell reports them.
@@ -45,12 +43,25 @@ func (s *Supervisor) Start(argv []string, env []string) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock() // held until pid is recorded, so the reaper recognises the child
+	s.mu.Lock() // held until pid is recorded, so the reaper recognises the child
 	if s.pid != 0 {
+		s.mu.Unlock()
 		return errors.New("supervisor: child already started")
 	}
-	return s.fork(path, argv, env)
+	s.terminal = ownsTerminal() // decided once: a restarted child takes the terminal back
+	err = s.fork(path, argv, env)
+	pid := s.pid
+	s.mu.Unlock()
+	if err == nil {
+		s.logStarted(pid, argv)
+	}
+	return err
+}
+
+// logStarted logs the start of the child. Never under mu: a log line on a terminal can block
+// (flow control, a full pty), and the reaper must not wait for it.
+func (s *Supervisor) logStarted(pid int, argv []string) {
+	s.log.Info("child started", "pid", pid, "command", argv[0], "process_group", s.processGroup)
 }
 
 // fork starts the child from the path lookPath found; mu is held.
@@ -64,23 +75,16 @@ func (s *Supervisor) fork(path string, argv, env []string) error {
 		return execError(argv[0], err)
 	}
 	s.pid = pid
-	s.log.Info("child started", "pid", pid, "command", argv[0], "process_group", s.processGroup)
 	return nil
 }
 
-// sysProcAttr puts the child in its own process group with Options.ProcessGroup, and gives that
-// group the terminal when we own it, so an interactive child can read its TTY.
+// sysProcAttr puts the child in its own process group with Options.ProcessGroup or when we own
+// the terminal, and then gives that group the terminal (see terminal.go).
 func (s *Supervisor) sysProcAttr() *syscall.SysProcAttr {
-	if !s.processGroup {
+	if !s.processGroup && !s.terminal {
 		return nil
 	}
-	return &syscall.SysProcAttr{Setpgid: true, Foreground: inForeground(), Ctty: 0}
-}
-
-// inForeground reports whether stdin is our controlling terminal and we are its foreground group.
-func inForeground() bool {
-	pgrp, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
-	return err == nil && pgrp == unix.Getpgrp()
+	return &syscall.SysProcAttr{Setpgid: true, Foreground: s.terminal, Ctty: 0}
 }
 
 // pathOf returns the PATH the child will see.

@@ -58,6 +58,7 @@ type Supervisor struct {
 	stopping   bool        // a SIGTERM or SIGINT was forwarded (or came during a restart): no restart
 	startErr   *StartError // the command could not be started again by Restart
 
+	terminal         bool        // stdin is a terminal we owned at Start: children get its foreground
 	stopsIgnoredByUs []os.Signal // SIGTTIN and SIGTTOU when New ignored them, not the launcher
 
 	killTimer <-chan time.Time // armed by a forwarded SIGTERM/SIGINT; used by loop only
