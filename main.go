@@ -48,7 +48,8 @@ func run(args []string) int {
 	log := newLogger(cfg)
 
 	// Take over signals and reaping first: we may be PID 1.
-	sup, err := supervisor.New(supervisor.Options{KillTimeout: cfg.KillTimeout, ProcessGroup: cfg.SignalGroup, Logger: log})
+	sup, err := supervisor.New(supervisor.Options{KillTimeout: cfg.KillTimeout, ProcessGroup: cfg.SignalGroup, Logger: log,
+		Rewrite: cfg.RewriteSignal, SuccessCodes: cfg.RemapExit, ParentDeathSignal: cfg.ParentDeath})
 	if err != nil {
 		log.Error("cannot supervise", "err", err)
 		return 1

@@ -29,6 +29,9 @@ type Config struct {
 	Fsync         bool
 	KillTimeout   time.Duration
 	SignalGroup   bool
+	RewriteSignal map[syscall.Signal]syscall.Signal // --rewrite-signal: received → sent to the child; 0 drops
+	RemapExit     []int                             // --remap-exit: exit codes reported as 0
+	ParentDeath   syscall.Signal                    // --parent-death-signal; 0 for none
 	StartTimeout  time.Duration
 	CheckInterval time.Duration
 	Coalesce      time.Duration
@@ -56,6 +59,8 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.SetInterspersed(false) // the first non-flag word starts the child's command
 	fs.SortFlags = false
 	var signal, mode, owner, group string
+	var rewriteSignal []string
+	var parentDeath string
 	fs.StringVarP(&c.Prefix, "prefix", "p", "", "etcd key prefix to mirror; a directory boundary (/app never matches /app2)")
 	fs.StringVarP(&c.Target, "target", "t", "", "directory to mirror the keys into")
 	fs.StringVarP(&signal, "signal", "s", "SIGHUP", "signal sent to the child after each applied change (name like SIGHUP or HUP, or a number)")
@@ -69,6 +74,9 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.Fsync, "fsync", true, "fsync files and directories before a new version goes live")
 	fs.DurationVar(&c.KillTimeout, "kill-timeout", 0, "time between a forwarded SIGTERM or SIGINT and our SIGKILL; 0: never, the orchestrator kills after its own grace (restarts and leftover processes: 10s)")
 	fs.BoolVar(&c.SignalGroup, "signal-group", false, "send signals to the child's whole process group, not only the child")
+	fs.StringArrayVar(&rewriteSignal, "rewrite-signal", nil, "FROM:TO: a FROM signal received is sent to the child as TO (TERM:QUIT for nginx's graceful stop; TO 0 drops it); repeatable (dumb-init -r)")
+	fs.IntSliceVar(&c.RemapExit, "remap-exit", nil, "exit with 0 when the child's exit code is CODE, e.g. 143 for a JVM stopped by SIGTERM; repeatable (tini -e)")
+	fs.StringVar(&parentDeath, "parent-death-signal", "", "when not PID 1: the signal we get when our parent dies, e.g. SIGTERM, so the child does not outlive a killed supervisor (tini -p)")
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
 	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "during a burst, apply at most one batch (and send one signal) per DURATION, merging what arrives meanwhile; a change that finds the dispenser idle goes at once (0: never hold)")
@@ -112,6 +120,17 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	var err error
 	c.Signal, err = ParseSignal(signal)
 	check(flagErr("signal", err))
+	c.RewriteSignal, err = parseRewrites(rewriteSignal)
+	check(flagErr("rewrite-signal", err))
+	for _, code := range c.RemapExit {
+		if code < 0 || code > 255 {
+			check(fmt.Errorf("--remap-exit %d: an exit code is between 0 and 255", code))
+		}
+	}
+	if parentDeath != "" {
+		c.ParentDeath, err = ParseSignal(parentDeath)
+		check(flagErr("parent-death-signal", err))
+	}
 	c.Mode, err = parseMode(mode)
 	check(flagErr("mode", err))
 	if owner != "" {
@@ -228,4 +247,33 @@ func lookupID(s, kind string, lookup func(string) (string, error)) (int, error) 
 		return 0, fmt.Errorf("%q: no such %s (%v); give a numeric id in images without /etc/passwd or /etc/group", s, kind, err)
 	}
 	return strconv.Atoi(id)
+}
+
+// parseRewrites reads --rewrite-signal values, FROM:TO each; TO may be 0 (drop).
+func parseRewrites(pairs []string) (map[syscall.Signal]syscall.Signal, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	m := map[syscall.Signal]syscall.Signal{}
+	for _, pair := range pairs {
+		from, to, ok := strings.Cut(pair, ":")
+		if !ok {
+			return nil, fmt.Errorf("%q: use FROM:TO, e.g. TERM:QUIT, or TERM:0 to drop it", pair)
+		}
+		f, err := ParseSignal(from)
+		if err != nil {
+			return nil, err
+		}
+		if f == syscall.SIGKILL || f == syscall.SIGSTOP || f == syscall.SIGCHLD {
+			return nil, fmt.Errorf("%q: %s cannot be caught or is the dispenser's own", pair, from)
+		}
+		var t syscall.Signal
+		if to != "0" {
+			if t, err = ParseSignal(to); err != nil {
+				return nil, err
+			}
+		}
+		m[f] = t
+	}
+	return m, nil
 }

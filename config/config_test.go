@@ -87,3 +87,27 @@ func TestOwnerAndGroupNamesAreLookedUp(t *testing.T) {
 		t.Fatalf("uid %d gid %d err %v", c.UID, c.GID, err)
 	}
 }
+
+func TestPID1Options(t *testing.T) {
+	c, err := Parse([]string{"-p", "/a", "-t", "/b", "--rewrite-signal", "TERM:QUIT", "--rewrite-signal=HUP:0",
+		"--remap-exit", "143", "--remap-exit=130", "--parent-death-signal", "SIGTERM", "--", "nginx"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RewriteSignal[syscall.SIGTERM] != syscall.SIGQUIT || c.RewriteSignal[syscall.SIGHUP] != 0 || len(c.RewriteSignal) != 2 {
+		t.Errorf("rewrite %v", c.RewriteSignal)
+	}
+	if len(c.RemapExit) != 2 || c.RemapExit[0] != 143 || c.RemapExit[1] != 130 {
+		t.Errorf("remap-exit %v", c.RemapExit)
+	}
+	if c.ParentDeath != syscall.SIGTERM {
+		t.Errorf("parent-death-signal %v", c.ParentDeath)
+	}
+	for _, bad := range [][]string{{"--rewrite-signal", "TERM"}, {"--rewrite-signal", "KILL:TERM"}, {"--rewrite-signal", "TERM:NOPE"},
+		{"--remap-exit", "300"}, {"--parent-death-signal", "NOPE"}} {
+		_, err := Parse(append([]string{"-p", "/a", "-t", "/b"}, bad...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "--")) {
+			t.Errorf("%v: error %v does not name the flag", bad, err)
+		}
+	}
+}

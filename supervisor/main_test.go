@@ -29,6 +29,9 @@ const (
 	envReadyFD          = "SUPERVISOR_TEST_READY_FD"          // write one byte there once signals are trapped
 	envRunTimeout       = "SUPERVISOR_TEST_RUN_TIMEOUT"       // with mode "run": context timeout
 	envRestartOnUSR2    = "SUPERVISOR_TEST_RESTART_ON_USR2"   // Restart the child at each SIGUSR2, report "init restarted ERR"
+	envRewrite          = "SUPERVISOR_TEST_REWRITE"           // Options.Rewrite: "FROM:TO,FROM:TO" in numbers
+	envSuccessCodes     = "SUPERVISOR_TEST_SUCCESS_CODES"     // Options.SuccessCodes: "N,N"
+	envParentDeath      = "SUPERVISOR_TEST_PARENT_DEATH"      // Options.ParentDeathSignal, a number
 	trapTermExitCode    = 42
 	leftoverExitCode    = 4
 	signalAfterExitCode = 3
@@ -54,11 +57,26 @@ func runInit(mode string) int {
 		}
 	}
 	timeout, _ := time.ParseDuration(os.Getenv(envKillTimeout))
-	s, err := New(Options{
+	opts := Options{
 		KillTimeout:  timeout,
 		ProcessGroup: os.Getenv(envProcessGroup) != "",
 		Logger:       slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+		Rewrite:      map[syscall.Signal]syscall.Signal{},
+	}
+	for _, pair := range strings.FieldsFunc(os.Getenv(envRewrite), func(r rune) bool { return r == ',' }) {
+		from, to, _ := strings.Cut(pair, ":")
+		f, _ := strconv.Atoi(from)
+		t, _ := strconv.Atoi(to)
+		opts.Rewrite[syscall.Signal(f)] = syscall.Signal(t)
+	}
+	for _, c := range strings.FieldsFunc(os.Getenv(envSuccessCodes), func(r rune) bool { return r == ',' }) {
+		n, _ := strconv.Atoi(c)
+		opts.SuccessCodes = append(opts.SuccessCodes, n)
+	}
+	if n, err := strconv.Atoi(os.Getenv(envParentDeath)); err == nil {
+		opts.ParentDeathSignal = syscall.Signal(n)
+	}
+	s, err := New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "init:", err)
 		return 2

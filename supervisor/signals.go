@@ -96,7 +96,18 @@ func (s *Supervisor) handle(sig syscall.Signal) {
 		s.log.Log(context.Background(), level, "signal ignored, not forwarded", "signal", signalName(sig))
 		return
 	}
-	err := s.Signal(sig)
+	out, rewritten := s.rewrite[sig]
+	if !rewritten {
+		out = sig
+	}
+	if out == 0 && s.running() {
+		s.log.Debug("signal dropped (rewritten to 0)", "signal", signalName(sig))
+		return
+	}
+	err := ErrNotRunning
+	if out != 0 {
+		err = s.Signal(out)
+	}
 	switch {
 	case errors.Is(err, ErrNotRunning):
 		if s.noteStop(sig, false) { // between two children of a Restart, which then stops
@@ -106,7 +117,7 @@ func (s *Supervisor) handle(sig syscall.Signal) {
 	case err != nil:
 		s.log.Warn("forwarding signal failed", "signal", signalName(sig), "error", err)
 	default:
-		s.log.Debug("signal forwarded", "signal", signalName(sig))
+		s.log.Debug("signal forwarded", "signal", signalName(sig), "sent", signalName(out))
 		if sig == syscall.SIGTERM { // a stopped child acts on it only once continued
 			s.continueChild()
 		}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +31,16 @@ type Options struct {
 	KillTimeout  time.Duration
 	ProcessGroup bool         // deliver signals to the child's whole process group (child started with Setpgid) instead of the child only
 	Logger       *slog.Logger // nil = slog.Default()
+
+	// Rewrite maps a signal we receive to the one the child gets instead; 0 drops it (dumb-init
+	// -r). TERM→QUIT gives nginx its graceful shutdown on docker stop. The signal received still
+	// counts as the one that came: a SIGTERM rewritten to SIGQUIT still means "stop".
+	Rewrite map[syscall.Signal]syscall.Signal
+	// SuccessCodes are exit codes reported as 0 (tini -e): a JVM exits 143 on SIGTERM.
+	SuccessCodes []int
+	// ParentDeathSignal, when not 0, is sent to us by the kernel when our parent dies (tini -p),
+	// so that a dispenser whose supervisor was killed with -9 does not run on. Ignored as PID 1.
+	ParentDeathSignal syscall.Signal
 }
 
 // Supervisor is the init side of the dispenser: one child, every zombie, every signal.
@@ -58,8 +69,10 @@ type Supervisor struct {
 	stopping   bool        // a SIGTERM or SIGINT was forwarded (or came during a restart): no restart
 	startErr   *StartError // the command could not be started again by Restart
 
-	terminal         bool        // stdin is a terminal we owned at Start: children get its foreground
-	stopsIgnoredByUs []os.Signal // SIGTTIN and SIGTTOU when New ignored them, not the launcher
+	terminal         bool // stdin is a terminal we owned at Start: children get its foreground
+	stopsIgnoredByUs []os.Signal
+	rewrite          map[syscall.Signal]syscall.Signal
+	successCodes     []int // SIGTTIN and SIGTTOU when New ignored them, not the launcher
 
 	killTimer <-chan time.Time // armed by a forwarded SIGTERM/SIGINT; used by loop only
 }
@@ -79,6 +92,8 @@ func New(opts Options) (*Supervisor, error) {
 		done:         make(chan struct{}),
 		exit:         make(chan struct{}),
 		helpers:      map[int]chan syscall.WaitStatus{},
+		rewrite:      opts.Rewrite,
+		successCodes: opts.SuccessCodes,
 	}
 	s.stopTimeout = s.killTimeout
 	if s.stopTimeout <= 0 {
@@ -88,6 +103,9 @@ func New(opts Options) (*Supervisor, error) {
 		s.log = slog.Default()
 	}
 	if err := becomeSubreaper(); err != nil {
+		return nil, err
+	}
+	if err := dieWithParent(opts.ParentDeathSignal); err != nil {
 		return nil, err
 	}
 	ignored := ignoredAtStart()
@@ -114,6 +132,22 @@ func becomeSubreaper() error {
 	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+	}
+	return nil
+}
+
+// dieWithParent asks the kernel for sig when our parent exits. A parent that died before the
+// prctl is seen by the change of our parent pid, and gets us sig at once.
+func dieWithParent(sig syscall.Signal) error {
+	if sig == 0 || os.Getpid() == 1 {
+		return nil
+	}
+	parent := os.Getppid()
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(sig), 0, 0, 0); err != nil {
+		return os.NewSyscallError("prctl(PR_SET_PDEATHSIG)", err)
+	}
+	if os.Getppid() != parent {
+		return syscall.Kill(os.Getpid(), sig)
 	}
 	return nil
 }
@@ -232,7 +266,8 @@ func (s *Supervisor) stop(exit <-chan struct{}, deadline time.Time) {
 }
 
 // ExitCode is the exit code the dispenser should exit with, following the shell and tini
-// convention: the child's own exit code, 128+N when a signal N killed it, 0 without a child.
+// convention: the child's own exit code, 128+N when a signal N killed it, 0 without a child,
+// and 0 for one of Options.SuccessCodes.
 // It is only meaningful once Done is closed.
 func (s *Supervisor) ExitCode() int {
 	s.mu.Lock()
@@ -243,7 +278,11 @@ func (s *Supervisor) ExitCode() int {
 	if !s.exited {
 		return 0
 	}
-	return exitCode(s.status)
+	code := exitCode(s.status)
+	if slices.Contains(s.successCodes, code) {
+		return 0
+	}
+	return code
 }
 
 // exitCode maps a wait status to a shell-style exit code.
