@@ -3,6 +3,7 @@ package supervisor
 import (
 	"os"
 	"os/signal"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 
@@ -60,12 +61,26 @@ func countSignals(sigs []syscall.Signal, out chan<- os.Signal) error {
 		}
 	}
 	c := &counter{wake: os.NewFile(uintptr(p[0]), "signal wake pipe")}
-	go c.run(out)
-	return nil
+	unblocked := make(chan error)
+	go c.run(out, sigs, unblocked)
+	return <-unblocked
 }
 
 // run waits for the handler's wake bytes and hands each counted signal on, once per arrival.
-func (c *counter) run(out chan<- os.Signal) {
+// Its thread is the one that takes them: the launcher may have blocked them, and every other
+// thread of the Go runtime keeps the launcher's mask (which the child must get), as os/signal
+// does with its own thread for the signals it catches.
+func (c *counter) run(out chan<- os.Signal, sigs []syscall.Signal, unblocked chan<- error) {
+	runtime.LockOSThread() // for good: this thread keeps the signals unblocked
+	var set unix.Sigset_t
+	for _, sig := range sigs {
+		set.Val[(sig-1)/64] |= 1 << ((sig - 1) % 64)
+	}
+	err := unix.PthreadSigmask(unix.SIG_UNBLOCK, &set, nil)
+	unblocked <- err
+	if err != nil {
+		return
+	}
 	buf := make([]byte, 128)
 	for {
 		if _, err := c.wake.Read(buf); err != nil {
