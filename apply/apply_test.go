@@ -1,0 +1,170 @@
+package apply
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
+)
+
+// fakeChild records what the pipeline does to the command, and runs check and reload
+// commands with os/exec (no supervisor reaps here).
+type fakeChild struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (f *fakeChild) record(s string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, s)
+}
+
+func (f *fakeChild) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+func (f *fakeChild) Start(argv, env []string) error   { f.record("start"); return nil }
+func (f *fakeChild) Restart(argv, env []string) error { f.record("restart"); return nil }
+func (f *fakeChild) Signal(sig syscall.Signal) error  { f.record("signal " + sig.String()); return nil }
+func (f *fakeChild) Output(ctx context.Context, argv, env []string) (int, []byte, error) {
+	f.record("run " + filepath.Base(argv[0]))
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out, nil
+	}
+	return 0, out, err
+}
+
+// setup returns a configuration with a target and one template rendering "a" (and its test
+// directory); change adjusts it before the pipeline is made.
+func setup(t *testing.T, change func(c *config.Config)) (*Pipeline, *fakeChild, config.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "t.tmpl")
+	if err := os.WriteFile(src, []byte(`a={{get "a"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Config{Prefix: "/p", Target: filepath.Join(dir, "target"), Signal: syscall.SIGHUP, Mode: 0o600,
+		UID: -1, GID: -1, OnChange: "signal", Command: []string{"server"}}
+	cfg.Templates = []render.Spec{{Src: src, Dest: filepath.Join(dir, "out", "a.conf")}}
+	if change != nil {
+		change(&cfg)
+	}
+	var w *writer.Writer
+	child := &fakeChild{}
+	if cfg.Target != "" {
+		var err error
+		w, err = writer.Open(writer.Options{Dir: cfg.Target, Mode: 0o600, UID: -1, GID: -1, NoSync: true,
+			Check: MirrorCheck(cfg, child)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+	}
+	p, err := New(Options{Config: cfg, Writer: w, Child: child})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, child, cfg
+}
+
+func batch(rev int64, full bool, kv ...string) source.Batch {
+	b := source.Batch{Revision: rev, Full: full}
+	for i := 0; i < len(kv); i += 2 {
+		b.Changes = append(b.Changes, source.Change{Key: kv[i], Value: []byte(kv[i+1]), Delete: kv[i+1] == ""})
+	}
+	return b
+}
+
+func read(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A batch becomes files and a rendered template, then the command starts once; the next
+// batch that changes something signals it once; one that changes nothing sends nothing.
+func TestBatchToFilesTemplatesThenOneNotification(t *testing.T) {
+	p, child, cfg := setup(t, nil)
+	ctx := context.Background()
+	if err := p.Apply(ctx, batch(5, true, "a", "1", "b", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.Started(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, filepath.Join(cfg.Target, "a")); got != "1" {
+		t.Fatalf("target a = %q", got)
+	}
+	if got := read(t, cfg.Templates[0].Dest); got != "a=1" {
+		t.Fatalf("rendered %q", got)
+	}
+	if err := p.Apply(ctx, batch(6, false, "a", "2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(ctx, batch(7, false, "a", "2")); err != nil { // the same value again
+		t.Fatal(err)
+	}
+	if got := strings.Join(child.Calls(), ","); got != "start,signal hangup" {
+		t.Fatalf("calls %s, want start, then one signal", got)
+	}
+	if got := read(t, cfg.Templates[0].Dest); got != "a=2" {
+		t.Fatalf("rendered %q", got)
+	}
+}
+
+// A check that refuses the new version keeps the old one live and sends nothing.
+func TestRefusedCheckKeepsTheOldVersionAndNotifiesNothing(t *testing.T) {
+	p, child, cfg := setup(t, func(c *config.Config) {
+		var err error
+		c.Check, err = hook.Parse(`sh -c '! grep -rq broken "$DISPENSER_STAGED"'`, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	ctx := context.Background()
+	if err := p.Apply(ctx, batch(5, true, "a", "good")); err != nil {
+		t.Fatal(err)
+	}
+	<-p.Started()
+	if err := p.Apply(ctx, batch(6, false, "a", "broken")); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, filepath.Join(cfg.Target, "a")); got != "good" {
+		t.Fatalf("target a = %q after a refused check", got)
+	}
+	for _, c := range child.Calls() {
+		if strings.HasPrefix(c, "signal") {
+			t.Fatalf("calls %v: a refused version was signalled", child.Calls())
+		}
+	}
+}
+
+// The command does not start while a template fails at the first sync.
+func TestTemplateFailureHoldsTheStart(t *testing.T) {
+	p, child, _ := setup(t, nil)
+	if err := p.Apply(context.Background(), batch(5, true, "b", "1")); err == nil {
+		t.Fatal("the first batch applied with a template that cannot render")
+	}
+	if len(child.Calls()) != 0 {
+		t.Fatalf("calls %v before the templates rendered", child.Calls())
+	}
+}
