@@ -53,6 +53,9 @@ func run(args []string) int {
 		return 1
 	}
 
+	for k, v := range cfg.EtcdEnv { // reconfig's --host, --port and --ssl_* options
+		os.Setenv(k, v)
+	}
 	etcdCfg := clientconfig.Defaults()
 	etcdCfg.Endpoints = []string{"127.0.0.1:2379"}
 	etcdCfg, err = clientconfig.Apply(etcdCfg)
@@ -81,13 +84,16 @@ func run(args []string) int {
 	if cfg.Layout == "plain" {
 		layout = writer.Plain
 	}
-	w, err := writer.Open(writer.Options{Dir: cfg.Target, Layout: layout, Mode: os.FileMode(cfg.Mode),
-		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log, Check: apply.MirrorCheck(cfg, sup)})
-	if err != nil {
-		log.Error("cannot use the target directory", "target", cfg.Target, "err", err)
-		return 1
+	var w *writer.Writer // nil without --target: templates only
+	if cfg.Target != "" {
+		w, err = writer.Open(writer.Options{Dir: cfg.Target, Layout: layout, Mode: os.FileMode(cfg.Mode),
+			UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log, Check: apply.MirrorCheck(cfg, sup)})
+		if err != nil {
+			log.Error("cannot use the target directory", "target", cfg.Target, "err", err)
+			return 1
+		}
+		defer w.Close()
 	}
-	defer w.Close()
 	var m *metrics.Metrics // nil (counting nothing) without --listen
 	if cfg.Listen != "" {
 		m = metrics.New(version)

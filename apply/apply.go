@@ -1,14 +1,20 @@
-// Package apply is the path of one batch from etcd to the command: the mirrored files (the
-// writer), the templates (render) and their check commands, then one notification of the
-// command. The first batch starts the command instead.
+// Package apply is the path of one batch from etcd to the command: the keys the mirror keeps
+// (--include, --exclude), the mirrored files (the writer), the templates (render) and their
+// check commands, then one notification of the command. The first batch starts the command
+// instead.
 //
 // Guarantees:
-//   - The command starts only after the first batch is applied and every template rendered.
+//   - The command starts only after the first batch is applied and every template's
+//     destination exists: rendered now, or a previous good file (then with a warning naming
+//     the template and its error).
 //   - After that, each batch that changed a mirrored file or replaced a template's destination
 //     notifies the command once: the reload command, then the signal or the restart that
-//     --on-change asks for. A batch that changed nothing notifies nothing.
+//     --on-change asks for. A batch that changed nothing notifies nothing, and a template
+//     that failed or was refused holds the notification back until a batch applies cleanly:
+//     the command is never reloaded onto files whose configuration was refused.
 //   - A version refused by the check command is not made live; the old one stays and the next
 //     change tries again.
+//   - An error says which stage failed (*Error): the disk, a template or a check, never etcd.
 //
 // It knows nothing about etcd: batches come from the source, through Func.
 package apply
@@ -18,9 +24,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
@@ -67,8 +75,21 @@ type Pipeline struct {
 	env     []string   // of the command and the check and reload commands
 	started chan error // receives once, when the first batch has been applied
 	first   bool       // the first batch was applied
+	owed    bool       // a change was not notified because a template failed
 	onFirst func()
 }
+
+// Error is a failure of one stage of the apply path: "write" (the mirror on disk),
+// "template" (rendering or writing a template) or "check" (a check command refused it).
+type Error struct {
+	Stage string
+	Name  string // the template, or the target directory
+	Err   error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s %s: %v", e.Stage, e.Name, e.Err) }
+
+func (e *Error) Unwrap() error { return e.Err }
 
 // New returns a Pipeline; an error is a template that cannot be read or parsed (a usage
 // error: exit 2).
@@ -80,6 +101,9 @@ func New(opts Options) (*Pipeline, error) {
 		env: ChildEnv(os.Environ(), opts.Config.PassSecrets), started: make(chan error, 1)}
 	if p.m == nil {
 		p.m = noMetrics{}
+	}
+	for _, w := range opts.Config.Warnings {
+		p.log.Warn(w)
 	}
 	var err error
 	if p.r, err = NewRenderer(opts.Config, opts.Child, opts.Logger); err != nil {
@@ -113,19 +137,24 @@ func (p *Pipeline) Stop() {
 
 // Apply applies one batch: files, templates, checks, then the start or one notification.
 func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
-	wb := writer.Batch{Revision: b.Revision, Full: b.Full, Changes: make([]writer.Change, len(b.Changes))}
-	for i, c := range b.Changes {
-		wb.Changes[i] = writer.Change(c)
+	if !p.first && b.Full && len(b.Changes) == 0 && p.cfg.Prefix != "" {
+		p.log.Warn("the prefix matches no key in etcd: nothing to mirror yet", "prefix", p.cfg.Prefix)
 	}
 	p.fold(b)
-	res, err := p.w.Apply(wb)
-	if err != nil {
-		if p.checkFailed(err, b.Revision) && p.first {
-			return nil
+	var res writer.Result
+	if p.w != nil {
+		var err error
+		if res, err = p.w.Apply(p.mirrored(b)); err != nil {
+			if p.checkFailed(err, b.Revision) {
+				if p.first {
+					return nil
+				}
+				return &Error{Stage: "check", Name: p.cfg.Target, Err: err}
+			}
+			return &Error{Stage: "write", Name: p.cfg.Target, Err: err}
 		}
-		return err
 	}
-	rendered, err := p.render()
+	rendered, failed, err := p.render(ctx)
 	if err != nil {
 		return err
 	}
@@ -138,15 +167,38 @@ func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
 		}
 		if len(p.cfg.Command) > 0 && !p.cfg.Once {
 			p.started <- p.child.Start(p.cfg.Command, p.env)
-		} else {
-			p.started <- nil
+			return nil
 		}
+		// No command to start on the new files: run the reload commands, as confd does.
+		if res.Changed || rendered {
+			p.notify(ctx, b.Revision)
+		}
+		p.started <- nil
 		return nil
 	}
-	if res.Changed || rendered {
+	changed := res.Changed || rendered || p.owed
+	if changed && failed {
+		p.owed = true
+		p.log.Warn("notification held back: a template failed or was refused; it is sent once a change applies cleanly",
+			"revision", b.Revision)
+		return nil
+	}
+	if changed {
+		p.owed = false
 		p.notify(ctx, b.Revision)
 	}
 	return nil
+}
+
+// mirrored is the batch for the writer: only the keys --include and --exclude keep.
+func (p *Pipeline) mirrored(b source.Batch) writer.Batch {
+	wb := writer.Batch{Revision: b.Revision, Full: b.Full, Changes: make([]writer.Change, 0, len(b.Changes))}
+	for _, c := range b.Changes {
+		if Keep(c.Key, p.cfg.Include, p.cfg.Exclude) {
+			wb.Changes = append(wb.Changes, writer.Change(c))
+		}
+	}
+	return wb
 }
 
 // fold gives the batch to the renderer, which keeps the values the templates read.
@@ -173,23 +225,32 @@ func (p *Pipeline) checkFailed(err error, revision int64) bool {
 	return true
 }
 
-// render renders the templates and reports whether a destination changed. Before the child
-// started, a template that fails is an error, so that the child never starts without its file.
-func (p *Pipeline) render() (bool, error) {
+// render renders the templates and reports whether a destination without a reload command
+// of its own changed, and whether one failed. Before the command started, a template that
+// fails is an error when its destination does not exist, so that the command never starts
+// without its file; a previous good file is used, with a warning.
+func (p *Pipeline) render(ctx context.Context) (changed, failed bool, err error) {
 	if p.r == nil {
-		return false, nil
+		return false, false, nil
 	}
 	o := p.r.Render()
-	if !p.first && len(o.Failed) > 0 {
-		return o.Changed(), fmt.Errorf("templates not rendered: %v", o.Failed)
+	if !p.first {
+		for _, f := range o.Failed {
+			if render.Missing(f.Dest) {
+				return false, true, &Error{Stage: f.Stage, Name: f.Name, Err: fmt.Errorf("%s does not exist yet: %w", f.Dest, f.Err)}
+			}
+			p.log.Warn("starting on the previous file: the template failed", "template", f.Name, "dest", f.Dest,
+				"stage", f.Stage, "err", f.Err)
+		}
 	}
-	return p.reloadBindings(o.Replaced), nil
+	return p.reloadBindings(ctx, o.Replaced), len(o.Failed) > 0, nil
 }
 
 // reloadBindings runs the reload command of each replaced destination that has its own (a
-// --config-dir binding's), and reports whether one without its own was replaced: that one
-// is for the signal or --reload-cmd. At the first sync nothing runs yet.
-func (p *Pipeline) reloadBindings(replaced []string) bool {
+// --config-dir binding's), after its splay, and reports whether one without its own was
+// replaced: that one is for the signal or --reload-cmd. At the first sync they run only when
+// there is no command to start.
+func (p *Pipeline) reloadBindings(ctx context.Context, replaced []string) bool {
 	changed := false
 	for _, dest := range replaced {
 		h := p.cfg.Hooks[dest]
@@ -197,13 +258,22 @@ func (p *Pipeline) reloadBindings(replaced []string) bool {
 			changed = true
 			continue
 		}
-		if !p.first {
+		if !p.first && len(p.cfg.Command) > 0 && !p.cfg.Once {
 			continue
 		}
-		if err := h.Reload.Run(context.Background(), p.child, p.env, dest, dest); err != nil {
-			p.log.Error("reload command of a binding failed", "dest", dest, "err", err)
+		if h.Splay > 0 {
+			d := time.Duration(rand.Int64N(int64(h.Splay))) + 1
+			p.log.Info("reload command of a binding waits its splay", "binding", h.Name, "delay", d)
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return changed
+			}
+		}
+		if err := h.Reload.Run(ctx, p.child, p.env, dest, dest); err != nil {
+			p.log.Error("reload command of a binding failed", "binding", h.Name, "dest", dest, "err", err)
 		} else {
-			p.log.Info("reload command of a binding ran", "dest", dest, "command", h.Reload.Argv[0])
+			p.log.Info("reload command of a binding ran", "binding", h.Name, "dest", dest, "command", h.Reload.Argv[0])
 		}
 	}
 	return changed
@@ -245,14 +315,15 @@ func (p *Pipeline) notify(ctx context.Context, revision int64) {
 	}
 }
 
-// MirrorCheck is the writer's Check: the check command on the staged version directory.
+// MirrorCheck is the writer's Check: the mirror's check command on the staged version
+// directory.
 func MirrorCheck(cfg config.Config, run hook.Runner) func(staged string) error {
-	if len(cfg.Check.Argv) == 0 {
+	if len(cfg.MirrorCheck.Argv) == 0 {
 		return nil
 	}
 	env := ChildEnv(os.Environ(), cfg.PassSecrets)
 	return func(staged string) error {
-		return cfg.Check.Run(context.Background(), run, env, staged, cfg.Target)
+		return cfg.MirrorCheck.Run(context.Background(), run, env, staged, cfg.Target)
 	}
 }
 
@@ -262,8 +333,8 @@ func NewRenderer(cfg config.Config, run hook.Runner, log *slog.Logger) (*render.
 	if len(cfg.Templates) == 0 {
 		return nil, nil
 	}
-	opts := render.Options{Templates: cfg.Templates, Mode: os.FileMode(cfg.Mode), UID: cfg.UID, GID: cfg.GID,
-		NoSync: !cfg.Fsync, Logger: log}
+	opts := render.Options{Templates: cfg.Templates, Prefix: source.NormalizePrefix(cfg.Prefix), Mode: os.FileMode(cfg.Mode),
+		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log}
 	if len(cfg.Check.Argv) > 0 || len(cfg.Hooks) > 0 {
 		env := ChildEnv(os.Environ(), cfg.PassSecrets)
 		opts.Check = func(dest, staged string) error {

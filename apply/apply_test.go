@@ -139,6 +139,7 @@ func TestRefusedCheckKeepsTheOldVersionAndNotifiesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.MirrorCheck = c.Check
 	})
 	ctx := context.Background()
 	if err := p.Apply(ctx, batch(5, true, "a", "good")); err != nil {
@@ -166,5 +167,129 @@ func TestTemplateFailureHoldsTheStart(t *testing.T) {
 	}
 	if len(child.Calls()) != 0 {
 		t.Fatalf("calls %v before the templates rendered", child.Calls())
+	}
+}
+
+// Without a target nothing is mirrored: only the template is rendered, and only its changes
+// notify; a template refused by its check holds the notification back.
+func TestTemplatesWithoutMirror(t *testing.T) {
+	p, child, cfg := setup(t, func(c *config.Config) {
+		c.Target = ""
+		c.Check, _ = hook.Parse(`sh -c '! grep -q broken {{staged}}'`, 0)
+	})
+	ctx := context.Background()
+	if err := p.Apply(ctx, batch(5, true, "a", "1", "b", "x")); err != nil {
+		t.Fatal(err)
+	}
+	<-p.Started()
+	for i, kv := range [][]string{{"b", "y"}, {"a", "broken"}, {"a", "1"}, {"a", "2"}} {
+		if err := p.Apply(ctx, batch(int64(6+i), false, kv...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b is read by no template; a=broken is refused; a=1 is what the file holds; a=2 signals.
+	var signals int
+	for _, c := range child.Calls() {
+		if strings.HasPrefix(c, "signal") {
+			signals++
+		}
+	}
+	if signals != 1 || read(t, cfg.Templates[0].Dest) != "a=2" {
+		t.Fatalf("calls %v, rendered %q: want one signal, for a=2", child.Calls(), read(t, cfg.Templates[0].Dest))
+	}
+}
+
+// With a mirror, a change whose template is refused is not signalled while the template
+// fails; the signal is owed and sent with the next clean batch.
+func TestRefusedTemplateHoldsTheSignalOfItsBatch(t *testing.T) {
+	p, child, _ := setup(t, func(c *config.Config) {
+		c.Check, _ = hook.Parse(`sh -c '! grep -q broken {{staged}}'`, 0)
+	})
+	ctx := context.Background()
+	p.Apply(ctx, batch(5, true, "a", "1"))
+	<-p.Started()
+	p.Apply(ctx, batch(6, false, "a", "broken"))
+	if got := strings.Join(child.Calls(), ","); strings.Contains(got, "signal") {
+		t.Fatalf("calls %s: the refused configuration was signalled", got)
+	}
+	p.Apply(ctx, batch(7, false, "c", "unrelated")) // the template still fails
+	if got := strings.Join(child.Calls(), ","); strings.Contains(got, "signal") {
+		t.Fatalf("calls %s: signalled while the template is refused", got)
+	}
+	p.Apply(ctx, batch(8, false, "a", "1")) // renders what the file holds: the owed signal goes
+	if got := child.Calls(); got[len(got)-1] != "signal hangup" {
+		t.Fatalf("calls %v: the owed signal was not sent", got)
+	}
+}
+
+// A template that fails at the first sync while its destination holds a previous good file
+// lets the command start on that file.
+func TestStartsOnThePreviousGoodFile(t *testing.T) {
+	p, child, cfg := setup(t, nil)
+	os.MkdirAll(filepath.Dir(cfg.Templates[0].Dest), 0o755)
+	os.WriteFile(cfg.Templates[0].Dest, []byte("a=old"), 0o644)
+	if err := p.Apply(context.Background(), batch(5, true, "b", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.Started(); err != nil || strings.Join(child.Calls(), ",") != "start" {
+		t.Fatalf("calls %v, %v", child.Calls(), err)
+	}
+}
+
+// Without a command (a sidecar, --once) the reload command runs after the first sync when it
+// wrote something.
+func TestReloadAfterTheFirstSyncWithoutACommand(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "reloaded")
+	p, child, _ := setup(t, func(c *config.Config) {
+		c.Command = nil
+		c.Reload, _ = hook.Parse("touch "+marker, 0)
+	})
+	if err := p.Apply(context.Background(), batch(5, true, "a", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the reload command did not run after the first sync: %v (calls %v)", err, child.Calls())
+	}
+}
+
+// --include and --exclude choose the mirrored keys; templates still read every key.
+func TestIncludeExclude(t *testing.T) {
+	p, _, cfg := setup(t, func(c *config.Config) {
+		c.Include = []string{"*.pem", "sub/**"}
+		c.Exclude = []string{"**/key.pem"}
+	})
+	if err := p.Apply(context.Background(), batch(5, true, "a", "1", "c.pem", "c", "account", "secret",
+		"sub/x/key.pem", "k", "sub/x/y", "y")); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{"c.pem": true, "account": false, "a": false, "sub/x/key.pem": false, "sub/x/y": true} {
+		_, err := os.Stat(filepath.Join(cfg.Target, name))
+		if (err == nil) != want {
+			t.Errorf("%s mirrored: %v, want %v", name, err == nil, want)
+		}
+	}
+	if read(t, cfg.Templates[0].Dest) != "a=1" {
+		t.Fatal("the template did not see a key left out of the mirror")
+	}
+}
+
+func TestMatch(t *testing.T) {
+	for _, tc := range []struct {
+		glob, key string
+		want      bool
+	}{
+		{"*.pem", "example.com-fullchain.pem", true},
+		{"*.pem", "certs/a.pem", false},
+		{"**/*.pem", "certs/a.pem", true},
+		{"**/*.pem", "a.pem", true},
+		{"certs/**", "certs/a/b", true},
+		{"certs/**", "certs2/a", false},
+		{"a/**/z", "a/z", true},
+		{"a/**/z", "a/b/c/z", true},
+		{"account", "account", true},
+	} {
+		if got := Match(tc.glob, tc.key); got != tc.want {
+			t.Errorf("Match(%q, %q) = %v", tc.glob, tc.key, got)
+		}
 	}
 }

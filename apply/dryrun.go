@@ -36,9 +36,14 @@ func DryRun(cfg config.Config, client *clientv3.Client, log *slog.Logger, out io
 		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: --%v\n", err)
 		return 2
 	}
-	changes, err := Preview(cfg, r, snap, out)
+	changes, failed, err := Preview(cfg, r, snap, out)
 	if err != nil {
 		log.Error("dry run: cannot read the target", "target", cfg.Target, "err", err)
+		return 1
+	}
+	if failed > 0 {
+		log.Error("dry run: templates fail; nothing was changed", "revision", snap.Revision, "templates_failing", failed,
+			"files_that_would_change", changes)
 		return 1
 	}
 	log.Info("dry run: nothing was changed", "revision", snap.Revision, "files_that_would_change", changes)
@@ -46,19 +51,21 @@ func DryRun(cfg config.Config, client *clientv3.Client, log *slog.Logger, out io
 }
 
 // Preview writes the diffs of a snapshot against what the target and the destinations hold,
-// and returns how many files would change. r may be nil (no templates).
-func Preview(cfg config.Config, r *render.Renderer, snap source.Batch, out io.Writer) (int, error) {
-	live, err := preview.Live(cfg.Target)
-	if err != nil {
-		return 0, err
+// and returns how many files would change and how many templates fail. r may be nil (no
+// templates).
+func Preview(cfg config.Config, r *render.Renderer, snap source.Batch, out io.Writer) (changes, failed int, err error) {
+	live := map[string][]byte{}
+	if cfg.Target != "" {
+		if live, err = preview.Live(cfg.Target); err != nil {
+			return 0, 0, err
+		}
 	}
 	want := map[string][]byte{}
 	for _, c := range snap.Changes {
-		if p, err := writer.KeyPath(c.Key); err == nil {
+		if p, err := writer.KeyPath(c.Key); err == nil && cfg.Target != "" && Keep(c.Key, cfg.Include, cfg.Exclude) {
 			want[p] = c.Value
 		}
 	}
-	changes := 0
 	paths := slices.Collect(maps.Keys(want))
 	for p := range live {
 		if _, ok := want[p]; !ok {
@@ -73,7 +80,7 @@ func Preview(cfg config.Config, r *render.Renderer, snap source.Batch, out io.Wr
 		}
 	}
 	if r == nil {
-		return changes, nil
+		return changes, 0, nil
 	}
 	cs := make([]render.Change, len(snap.Changes))
 	for i, c := range snap.Changes {
@@ -82,7 +89,8 @@ func Preview(cfg config.Config, r *render.Renderer, snap source.Batch, out io.Wr
 	r.Fold(cs, true)
 	for _, p := range r.Previews() {
 		if p.Err != nil {
-			fmt.Fprintf(out, "%s: template fails: %v\n", p.Dest, p.Err)
+			fmt.Fprintf(out, "%s: template %s fails: %v\n", p.Dest, p.Name, p.Err)
+			failed++
 			continue
 		}
 		if d := preview.Diff(p.Dest, p.Old, p.New, cfg.ShowValues); d != "" {
@@ -90,5 +98,5 @@ func Preview(cfg config.Config, r *render.Renderer, snap source.Batch, out io.Wr
 			changes++
 		}
 	}
-	return changes, nil
+	return changes, failed, nil
 }
