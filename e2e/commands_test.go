@@ -30,7 +30,8 @@ func TestFailedCheckKeepsTheOldVersionThenPassesAtTheNextChange(t *testing.T) {
 	c := e.Client()
 	src, dest := templateFiles(t, `conf {{get "a"}}`)
 	txn(t, c, "/p/a", "good")
-	d := start(t, e, "reader", "--prefix=/p", "--template="+src+":"+dest, "--check-cmd="+refuseBroken)
+	d := start(t, e, "reader", "--prefix=/p", "--template="+src+":"+dest, "--check-cmd="+refuseBroken,
+		"--check-mirror-cmd="+refuseBroken)
 	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
 
 	txn(t, c, "/p/a", "broken")

@@ -78,7 +78,7 @@ func TestDryRunFailsOnAFailingTemplate(t *testing.T) {
 		t.Fatalf("--dry-run exit code 0 with a failing template:\n%s", d.stderr.String())
 	}
 	out := d.stderr.String()
-	if !strings.Contains(out, `key "missing" does not exist`) || !strings.Contains(out, "+++ b"+dest+"\n") || strings.Contains(out, "//") {
+	if !strings.Contains(out, `key "missing" does not exist`) || !strings.Contains(out, "+++ b"+dest+"\n") || strings.Contains(out, "a//") || strings.Contains(out, "b//") {
 		t.Fatalf("--dry-run output:\n%s", out)
 	}
 }
