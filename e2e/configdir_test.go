@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,5 +162,35 @@ func TestConfigDirProblemsAreAllReported(t *testing.T) {
 	}
 	if _, err := os.Stat("/tmp/never"); err == nil {
 		t.Fatal("a refused binding's target was written")
+	}
+}
+
+// reconfig's own command line: --onetime, --host and --port (over a wrong ETCD_ENDPOINTS),
+// -p, --cfgdir with a flat directory of bindings, and a --notreally run before it.
+func TestReconfigCommandLine(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(e.Endpoint(), "http://"))
+	if err != nil {
+		t.Skipf("endpoint %s: %v", e.Endpoint(), err)
+	}
+	dir, out := t.TempDir(), filepath.Join(t.TempDir(), "out.conf")
+	os.WriteFile(filepath.Join(dir, "t.tmpl"), []byte(`{{range $k, $v := .Data}}{{$k}}={{$v}} {{end}}`), 0o644)
+	b, _ := json.Marshal(map[string]any{"key": "/svc", "recursive": true, "source": "t.tmpl", "target": out})
+	os.WriteFile(filepath.Join(dir, "svc.json"), b, 0o644)
+	txn(t, c, "/app/svc/a", "1", "/app/svc/b", "2")
+	for _, flag := range []string{"--notreally", "--onetime"} {
+		d := startAs(t, e, runOpts{NoTarget: true, Env: []string{"ETCD_ENDPOINTS=127.0.0.1:1"}}, "",
+			flag, "--host", host, "--port", port, "-p", "/app", "--cfgdir", dir)
+		if code := d.wait(60 * time.Second); code != 0 {
+			t.Fatalf("%s: exit %d:\n%s", flag, code, d.stderr.String())
+		}
+		got, _ := os.ReadFile(out)
+		if flag == "--notreally" && (len(got) != 0 || !strings.Contains(d.stderr.String(), out+": new, 26 bytes")) {
+			t.Fatalf("--notreally wrote %q; output:\n%s", got, d.stderr.String())
+		}
+		if flag == "--onetime" && string(got) != "/app/svc/a=1 /app/svc/b=2 " {
+			t.Fatalf("--onetime rendered %q", got)
+		}
 	}
 }
