@@ -68,7 +68,7 @@ http {
 func needNginx(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat("/usr/sbin/nginx"); err != nil {
-		t.Skip("nginx is not installed (apt-get install nginx-light): " + err.Error())
+		t.Skip("nginx is not installed (apt-get install nginx): " + err.Error())
 	}
 }
 
