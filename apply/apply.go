@@ -334,7 +334,7 @@ func NewRenderer(cfg config.Config, run hook.Runner, log *slog.Logger) (*render.
 		return nil, nil
 	}
 	opts := render.Options{Templates: cfg.Templates, Prefix: source.NormalizePrefix(cfg.Prefix), Mode: os.FileMode(cfg.Mode),
-		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log}
+		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log, Env: ChildEnv(os.Environ(), cfg.PassSecrets)}
 	if len(cfg.Check.Argv) > 0 || len(cfg.Hooks) > 0 {
 		env := ChildEnv(os.Environ(), cfg.PassSecrets)
 		opts.Check = func(dest, staged string) error {

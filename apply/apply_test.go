@@ -293,3 +293,18 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+// Templates read the environment the command gets: without the etcd credentials.
+func TestTemplatesDoNotSeeTheEtcdPassword(t *testing.T) {
+	t.Setenv("ETCD_PASSWORD", "hunter2")
+	t.Setenv("APPLY_TEST_VAR", "visible")
+	p, _, cfg := setup(t, nil)
+	os.WriteFile(cfg.Templates[0].Src, []byte(`{{env "ETCD_PASSWORD"}}|{{getenv "ETCD_PASSWORD" "none"}}|{{env "APPLY_TEST_VAR"}}`), 0o644)
+	p, _, cfg = setup(t, func(c *config.Config) { c.Templates[0].Src = cfg.Templates[0].Src })
+	if err := p.Apply(context.Background(), batch(5, true, "a", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, cfg.Templates[0].Dest); got != "|none|visible" {
+		t.Fatalf("rendered %q", got)
+	}
+}

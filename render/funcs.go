@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"path"
 	"reflect"
 	"slices"
@@ -87,11 +86,12 @@ func (r *Renderer) funcs(name string) template.FuncMap {
 		"dir":        path.Dir,
 		"index":      index,
 		"getenv": func(name string, def ...string) string {
-			if v, ok := os.LookupEnv(name); ok || len(def) == 0 {
+			if v, ok := r.env[name]; ok || len(def) == 0 {
 				return v
 			}
 			return def[0]
 		},
+		"env": func(name string) string { return r.env[name] },
 	})
 	return fm
 }

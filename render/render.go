@@ -78,7 +78,8 @@ type Options struct {
 	Prefix    string      // the etcd prefix the keys are relative to, for the full keys of .Data
 	Mode      os.FileMode // mode of new destinations; 0 means 0600
 	UID, GID  int
-	NoSync    bool // skip fsync (tmpfs, tests)
+	NoSync    bool     // skip fsync (tmpfs, tests)
+	Env       []string // what env and getenv read ("NAME=value"); nil: the process's environment
 	Logger    *slog.Logger
 	// Check, if set, is called with the destination and the path of the temporary file
 	// holding the new output, before it replaces the destination; an error keeps the old one.
@@ -91,7 +92,8 @@ type Renderer struct {
 	log       *slog.Logger
 	values    map[string]string
 	templates []*tmpl
-	inPlace   map[string]bool // destinations already warned about: written in place
+	inPlace   map[string]bool   // destinations already warned about: written in place
+	env       map[string]string // Options.Env
 }
 
 // tmpl is one parsed template and what its destination holds.
@@ -131,7 +133,15 @@ func New(opts Options) (*Renderer, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	r := &Renderer{opts: opts, log: opts.Logger, values: map[string]string{}, inPlace: map[string]bool{}}
+	r := &Renderer{opts: opts, log: opts.Logger, values: map[string]string{}, inPlace: map[string]bool{}, env: map[string]string{}}
+	if opts.Env == nil {
+		opts.Env = os.Environ()
+	}
+	for _, kv := range opts.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			r.env[k] = v
+		}
+	}
 	for _, s := range opts.Templates {
 		text, err := os.ReadFile(s.Src)
 		if err != nil {
