@@ -308,3 +308,23 @@ func TestTemplatesDoNotSeeTheEtcdPassword(t *testing.T) {
 		t.Fatalf("rendered %q", got)
 	}
 }
+
+// A binding's own reload command runs after the first sync too when there is no command, and
+// not when the command is about to start on the new file.
+func TestBindingReloadAtTheFirstSync(t *testing.T) {
+	for _, command := range [][]string{nil, {"server"}} {
+		marker := filepath.Join(t.TempDir(), "reloaded")
+		p, _, _ := setup(t, func(c *config.Config) {
+			c.Command = command
+			reload, _ := hook.Parse("touch "+marker, 0)
+			c.Hooks = map[string]config.Hooks{c.Templates[0].Dest: {Name: "b", Reload: reload}}
+		})
+		if err := p.Apply(context.Background(), batch(5, true, "a", "1")); err != nil {
+			t.Fatal(err)
+		}
+		_, err := os.Stat(marker)
+		if ran := err == nil; ran != (command == nil) {
+			t.Errorf("command %v: binding's reload ran: %v", command, ran)
+		}
+	}
+}
