@@ -331,3 +331,28 @@ func TestBindMountedDestinationWrittenInPlace(t *testing.T) {
 		t.Fatalf("left behind: %v", left)
 	}
 }
+
+// The README's Go equivalent of reconfig's test4.conf.erb renders what the ERB did.
+func TestReadmeReconfigExample(t *testing.T) {
+	dir := t.TempDir()
+	src, dest := filepath.Join(dir, "t.tmpl"), filepath.Join(dir, "out")
+	text := `{{range $k, $v := .Data}}KEY {{$k}} has VALUE {{$v}}
+{{end}}The main key we watched for was "{{.Watched}}".
+{{range $k, $v := .AltData}}Altkey={{$k}}
+{{toPrettyJson $v}}
+{{end}}`
+	os.WriteFile(src, []byte(text), 0o644)
+	r, err := New(Options{Prefix: "", NoSync: true, UID: -1, GID: -1, Templates: []Spec{{Src: src, Dest: dest,
+		Data: func(k string) bool { return k == "/test4" }, AltKeys: map[string]string{"akey1": "/altkey1"}, Watched: "/test4"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fold(put("/test4", "v", "/altkey1/x", "1", "/other", "o"), true)
+	if o := r.Render(); len(o.Failed) > 0 {
+		t.Fatalf("%+v", o.Failed)
+	}
+	want := "KEY /test4 has VALUE v\nThe main key we watched for was \"/test4\".\nAltkey=akey1\n{\n  \"/altkey1/x\": \"1\"\n}\n"
+	if got := read(t, dest); got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
