@@ -17,11 +17,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/apply"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/discovery"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/metrics"
-	"github.com/etcd-config-dispenser/etcd-config-dispenser/quiesce"
-	"github.com/etcd-config-dispenser/etcd-config-dispenser/render"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/source"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/supervisor"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/writer"
@@ -55,6 +54,9 @@ func run(args []string) int {
 		return 1
 	}
 
+	for k, v := range cfg.EtcdEnv { // reconfig's --host, --port and --ssl_* options
+		os.Setenv(k, v)
+	}
 	etcdCfg := clientconfig.Defaults()
 	etcdCfg.Endpoints = []string{"127.0.0.1:2379"}
 	etcdCfg, err = clientconfig.Apply(etcdCfg)
@@ -76,27 +78,23 @@ func run(args []string) int {
 	}
 	defer client.Close()
 	if cfg.DryRun {
-		return dryRun(cfg, client, log, os.Stdout)
+		return apply.DryRun(cfg, client, log, os.Stdout)
 	}
 
 	layout := writer.Atomic
 	if cfg.Layout == "plain" {
 		layout = writer.Plain
 	}
-	w, err := writer.Open(writer.Options{Dir: cfg.Target, Layout: layout, Mode: os.FileMode(cfg.Mode),
-		UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log, Check: versionCheck(cfg, sup)})
-	if err != nil {
-		log.Error("cannot use the target directory", "target", cfg.Target, "err", err)
-		return 1
+	var w *writer.Writer // nil without --target: templates only
+	if cfg.Target != "" {
+		w, err = writer.Open(writer.Options{Dir: cfg.Target, Layout: layout, Mode: os.FileMode(cfg.Mode),
+			UID: cfg.UID, GID: cfg.GID, NoSync: !cfg.Fsync, Logger: log, Check: apply.MirrorCheck(cfg, sup)})
+		if err != nil {
+			log.Error("cannot use the target directory", "target", cfg.Target, "err", err)
+			return 1
+		}
+		defer w.Close()
 	}
-	defer w.Close()
-	r, err := newRenderer(cfg, sup, log)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: --%v\n", err)
-		sup.Shutdown()
-		return 2
-	}
-
 	var m *metrics.Metrics // nil (counting nothing) without --listen
 	if cfg.Listen != "" {
 		m = metrics.New(version)
@@ -110,7 +108,12 @@ func run(args []string) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, r: r, m: m, started: make(chan error, 1)}
+	d, err := apply.New(apply.Options{Config: cfg, Writer: w, Child: sup, Metrics: m, Logger: log})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: --%v\n", err)
+		sup.Shutdown()
+		return 2
+	}
 	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
 		CheckInterval: cfg.CheckInterval, Coalesce: cfg.Coalesce, Logger: log, Observer: m})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
@@ -123,12 +126,12 @@ func run(args []string) int {
 		var stopTimer context.CancelFunc
 		runCtx, stopTimer = context.WithCancel(ctx)
 		timer := time.AfterFunc(cfg.StartTimeout, stopTimer)
-		d.firstApplied = func() { timer.Stop() }
+		d.FirstApplied(func() { timer.Stop() })
 	}
 	srcDone := make(chan error, 1)
-	apply := d.applyFunc()
-	defer d.stop() // before the writer closes: deferred calls run last first
-	go func() { srcDone <- src.Run(runCtx, apply) }()
+	applyFn := d.Func()
+	defer d.Stop() // before the writer closes: deferred calls run last first
+	go func() { srcDone <- src.Run(runCtx, applyFn) }()
 
 	select {
 	case err := <-srcDone: // with --once, or when the start timeout expired
@@ -139,7 +142,7 @@ func run(args []string) int {
 			"last_error", src.LastError())
 		sup.Shutdown()
 		return 1
-	case err := <-d.started:
+	case err := <-d.Started():
 		if err != nil {
 			cancel()
 			<-srcDone
@@ -208,81 +211,6 @@ func discoverEndpoints(cfg config.Config, etcdCfg *clientv3.Config, log *slog.Lo
 	}
 	log.Info("etcd endpoints discovered", "domain", domain, "endpoints", etcdCfg.Endpoints)
 	return 0
-}
-
-// dispenser connects the three parts: each batch from the source goes to the
-// writer; the first one starts the child, later ones that changed something
-// signal it.
-type dispenser struct {
-	cfg          config.Config
-	log          *slog.Logger
-	sup          *supervisor.Supervisor
-	w            *writer.Writer
-	r            *render.Renderer // nil without templates
-	quiet        *quiesce.Buffer  // nil without --wait
-	m            *metrics.Metrics // nil without --listen: counts nothing
-	started      chan error       // receives once, when the first batch has been applied
-	first        bool
-	firstApplied func()
-}
-
-func (d *dispenser) apply(ctx context.Context, b source.Batch) error {
-	wb := writer.Batch{Revision: b.Revision, Full: b.Full, Changes: make([]writer.Change, len(b.Changes))}
-	for i, c := range b.Changes {
-		wb.Changes[i] = writer.Change(c)
-	}
-	d.fold(b)
-	res, err := d.w.Apply(wb)
-	if err != nil {
-		if d.checkFailed(err, b.Revision) && d.first {
-			return nil
-		}
-		return err
-	}
-	rendered, err := d.render()
-	if err != nil {
-		return err
-	}
-	d.m.BatchApplied(res.Written, res.Removed, res.Skipped)
-	if !d.first {
-		d.first = true
-		d.m.Synced()
-		if d.firstApplied != nil {
-			d.firstApplied()
-		}
-		if len(d.cfg.Command) > 0 && !d.cfg.Once {
-			d.started <- d.sup.Start(d.cfg.Command, childEnv(os.Environ(), d.cfg.PassSecrets))
-		} else {
-			d.started <- nil
-		}
-		return nil
-	}
-	if res.Changed || rendered {
-		d.notify(ctx, b.Revision)
-	}
-	return nil
-}
-
-// secretEnv are the variables that hold credentials themselves; the child
-// does not get them unless asked (their _FILE variants only name a path).
-var secretEnv = []string{"ETCD_PASSWORD", "ETCD_USERNAME_AND_PASSWORD", "ETCD_CLIENT_KEY"}
-
-func childEnv(env []string, passSecrets bool) []string {
-	if passSecrets {
-		return env
-	}
-	out := env[:0:0]
-	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		secret := false
-		for _, s := range secretEnv {
-			secret = secret || name == s
-		}
-		if !secret {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 func newLogger(cfg config.Config) *slog.Logger {

@@ -61,7 +61,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	var signal, mode, owner, group string
 	var rewriteSignal []string
 	var parentDeath string
-	fs.StringVarP(&c.Prefix, "prefix", "p", "", "etcd key prefix to mirror; a directory boundary (/app never matches /app2)")
+	fs.VarP(&onceString{p: &c.Prefix}, "prefix", "p", "etcd key prefix to mirror; a directory boundary (/app never matches /app2)")
 	fs.StringVarP(&c.Target, "target", "t", "", "directory to mirror the keys into")
 	fs.StringVarP(&signal, "signal", "s", "SIGHUP", "signal sent to the child after each applied change (name like SIGHUP or HUP, or a number)")
 	fs.StringVarP(&mode, "mode", "m", "0600", "octal mode of the files written")
@@ -110,12 +110,6 @@ func Parse(args []string, out io.Writer) (Config, error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if c.Target == "" {
-		check(errors.New("--target is required: the directory to write the files into"))
-	}
-	if c.Prefix == "" {
-		check(errors.New("--prefix is required: the etcd key prefix to mirror, for example --prefix=/certificates"))
 	}
 	var err error
 	c.Signal, err = ParseSignal(signal)
@@ -176,6 +170,13 @@ func Parse(args []string, out io.Writer) (Config, error) {
 		check(fmt.Errorf("--once syncs and exits, so it takes no command (got %q): drop --once to run the command", c.Command[0]))
 	}
 	errs = append(errs, checkTemplating(&c)...)
+	templatesOnly := len(c.Templates) > 0 && c.Target == "" // nothing mirrored: --prefix optional
+	if c.Target == "" && len(c.Templates) == 0 {
+		check(errors.New("--target is required: the directory to write the files into (or give --template or --config-dir to render templates only)"))
+	}
+	if c.Prefix == "" && !templatesOnly {
+		check(errors.New("--prefix is required: the etcd key prefix to mirror, for example --prefix=/certificates"))
+	}
 	if c.Once && c.StartTimeout == 0 {
 		c.StartTimeout = time.Minute
 	}
@@ -277,3 +278,26 @@ func parseRewrites(pairs []string) (map[syscall.Signal]syscall.Signal, error) {
 	}
 	return m, nil
 }
+// onceString is a string flag that refuses to be given twice, so that a second --prefix is
+// never silently dropped.
+type onceString struct {
+	p   *string
+	set bool
+}
+
+func (o *onceString) String() string {
+	if o.p == nil {
+		return ""
+	}
+	return *o.p
+}
+
+func (o *onceString) Set(v string) error {
+	if o.set {
+		return fmt.Errorf("given twice (%s and %s): one dispenser mirrors one prefix; run one per prefix, or pick the common parent with --include", *o.p, v)
+	}
+	*o.p, o.set = v, true
+	return nil
+}
+
+func (o *onceString) Type() string { return "string" }

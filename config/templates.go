@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,8 +18,18 @@ import (
 // Templating is what the command line says about templates and the check and reload commands.
 type Templating struct {
 	Templates []render.Spec
-	Check     hook.Command // no Argv: none
-	Reload    hook.Command // no Argv: none
+	Check     hook.Command // of each template's staged file (no Argv: none)
+	// MirrorCheck checks the staged mirror directory: --check-mirror-cmd, or --check-cmd
+	// when there are no templates.
+	MirrorCheck hook.Command
+	Reload      hook.Command // no Argv: none
+	// Include and Exclude (globs on the key relative to the prefix; ** crosses /) choose the
+	// keys mirrored into --target.
+	Include, Exclude []string
+	// EtcdEnv are ETCD_* variables that reconfig's options (--host, --port, --ssl_*) set.
+	EtcdEnv map[string]string
+	// Warnings are for the log: accepted, but probably not what was meant.
+	Warnings []string
 	// SignalOnReload is set when --signal was given explicitly: with a reload command, the
 	// signal is sent only then.
 	SignalOnReload bool
@@ -34,19 +46,28 @@ type Templating struct {
 // them once fs is parsed.
 func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 	var templates []string
-	var check, reload, wait, configDir string
+	var check, checkMirror, reload, wait, configDir string
 	var timeout time.Duration
 	fs.StringArrayVar(&templates, "template", nil, "SRC:DEST: render the Go template SRC over the keys into the file DEST after each change (repeatable)")
-	fs.StringVar(&configDir, "config-dir", "", "directory of JSON bindings (key, source, target, checkcmd, reloadcmd, mode), each a template rendered when its key changes")
-	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a new version goes live; {{staged}} is the staged directory or file")
+	fs.StringVarP(&configDir, "config-dir", "c", "", "reconfig's config dir (conf.d/*.json bindings and templates/), or a directory of JSON bindings; each template is rendered when its key changes")
+	fs.StringVar(&configDir, "cfgdir", "", "reconfig's name of --config-dir")
+	fs.StringVar(&check, "check-cmd", "", "command that must exit 0 before a rendered template replaces its destination ({{staged}}: the new file); without templates, it checks the staged mirror directory")
+	fs.StringVar(&checkMirror, "check-mirror-cmd", "", "command that must exit 0 before a new version of --target goes live ({{staged}}: the staged directory)")
+	fs.StringArrayVar(&t.Include, "include", nil, "GLOB: mirror only keys (relative to the prefix) that match; * stays within a /-segment, ** crosses /; repeatable")
+	fs.StringArrayVar(&t.Exclude, "exclude", nil, "GLOB: do not mirror keys that match (after --include); repeatable")
+	reconfig := reconfigFlags(fs)
 	fs.StringVar(&reload, "reload-cmd", "", "command run after a new version went live (then the signal is sent only if --signal is given)")
 	fs.StringVar(&wait, "wait", "", "MIN[:MAX]: apply a change once the keys were quiet for MIN, at most MAX (default 4×MIN) after the first pending one")
 	fs.BoolVar(&t.DryRun, "dry-run", false, "print what would change (a diff per file; sizes only without --show-values), touch nothing, exit")
 	fs.BoolVar(&t.ShowValues, "show-values", false, "with --dry-run: show the values in the diffs (they may be secrets)")
 	fs.DurationVar(&timeout, "command-timeout", time.Minute, "time limit of each check or reload command")
 	return func(c *Config) []error {
-		var errs []error
+		errs := reconfig(c)
 		t.SignalOnReload = fs.Changed("signal")
+		var mode os.FileMode // 0: a destination keeps its own mode
+		if fs.Changed("mode") {
+			mode = os.FileMode(c.Mode)
+		}
 		dests := map[string]string{}
 		for _, s := range templates {
 			spec, err := render.ParseSpec(s)
@@ -54,6 +75,7 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 				errs = append(errs, fmt.Errorf("--template %w", err))
 				continue
 			}
+			spec.Mode = mode
 			if inside(c.Target, spec.Dest) {
 				errs = append(errs, fmt.Errorf("--template %q: the destination is inside --target %s, which mirrors the keys; render it elsewhere", s, c.Target))
 			}
@@ -65,7 +87,7 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 			t.Templates = append(t.Templates, spec)
 		}
 		if configDir != "" {
-			errs = append(errs, t.addBindings(configDir, c, timeout, dests)...)
+			errs = append(errs, t.addBindings(configDir, c, mode, timeout, dests)...)
 		}
 		if wait != "" {
 			var err error
@@ -82,7 +104,7 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 		for _, f := range []struct {
 			name, value string
 			cmd         *hook.Command
-		}{{"check-cmd", check, &t.Check}, {"reload-cmd", reload, &t.Reload}} {
+		}{{"check-cmd", check, &t.Check}, {"check-mirror-cmd", checkMirror, &t.MirrorCheck}, {"reload-cmd", reload, &t.Reload}} {
 			if f.value == "" {
 				continue
 			}
@@ -92,19 +114,30 @@ func templatingFlags(fs *pflag.FlagSet, t *Templating) func(c *Config) []error {
 			}
 			*f.cmd = cmd
 		}
+		if len(t.Templates) == 0 && len(t.MirrorCheck.Argv) == 0 {
+			t.MirrorCheck, t.Check = t.Check, hook.Command{}
+		}
+		for _, g := range append(slices.Clone(t.Include), t.Exclude...) {
+			if err := CheckGlob(g); err != nil {
+				errs = append(errs, fmt.Errorf("--include/--exclude %q: %w", g, err))
+			}
+		}
+		if c.Prefix != "" && !strings.HasPrefix(c.Prefix, "/") {
+			t.Warnings = append(t.Warnings, fmt.Sprintf("--prefix %q does not begin with /: etcd keys usually do, so it may match nothing", c.Prefix))
+		}
 		return errs
 	}
 }
 
 // addBindings adds the templates of --config-dir; dests are the destinations already taken.
-func (t *Templating) addBindings(dir string, c *Config, timeout time.Duration, dests map[string]string) []error {
+func (t *Templating) addBindings(dir string, c *Config, mode os.FileMode, timeout time.Duration, dests map[string]string) []error {
 	bs, err := LoadDir(dir)
 	if err != nil {
 		return []error{fmt.Errorf("--config-dir %s: %w", dir, err)}
 	}
 	var errs []error
 	for _, b := range bs {
-		spec, err := b.spec(c.Prefix, c.Mode)
+		spec, err := b.spec(c.Prefix, normalizePrefix(c.Prefix), mode)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--config-dir %w", err))
 			continue
@@ -159,4 +192,12 @@ func parseWait(s string) (lo, hi time.Duration, err error) {
 		}
 	}
 	return lo, hi, nil
+}
+
+// normalizePrefix is the prefix the source reads (source.NormalizePrefix).
+func normalizePrefix(p string) string {
+	if p == "" {
+		return ""
+	}
+	return strings.TrimRight(p, "/") + "/"
 }

@@ -64,3 +64,62 @@ func TestWait(t *testing.T) {
 		}
 	}
 }
+
+func TestPrefixTwiceIsRefused(t *testing.T) {
+	_, err := Parse([]string{"-p", "/a", "--prefix=/b", "-t", "/config"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "given twice (/a and /b)") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// Templates without a mirror: no --target, no --prefix; --check-cmd then checks each template,
+// and --check-mirror-cmd is the mirror's.
+func TestTemplatesWithoutMirrorAndTheTwoChecks(t *testing.T) {
+	c, err := Parse([]string{"--template=a.tmpl:/etc/a", "--check-cmd=nginx -t -c {{staged}}"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Target != "" || len(c.Check.Argv) != 4 || len(c.MirrorCheck.Argv) != 0 {
+		t.Fatalf("%+v", c)
+	}
+	c, _ = Parse([]string{"-p", "/a", "-t", "/c", "--check-cmd=test -f {{staged}}/a"}, io.Discard)
+	if len(c.MirrorCheck.Argv) != 3 || len(c.Check.Argv) != 0 {
+		t.Fatalf("without templates --check-cmd checks the mirror: %+v", c.Templating)
+	}
+	c, _ = Parse([]string{"-p", "/a", "-t", "/c", "--template=a:/b", "--check-mirror-cmd=x {{staged}}", "--check-cmd=y"}, io.Discard)
+	if c.MirrorCheck.Argv[0] != "x" || c.Check.Argv[0] != "y" {
+		t.Fatalf("%+v", c.Templating)
+	}
+	if _, err := Parse([]string{"-p", "/a"}, io.Discard); err == nil || !strings.Contains(err.Error(), "--target is required") {
+		t.Fatalf("no target and no template: %v", err)
+	}
+}
+
+func TestReconfigOptionsAndGlobs(t *testing.T) {
+	c, err := Parse([]string{"-p", "/a", "-t", "/c", "--onetime", "-n", "-d", "--host=etcd1", "--port=4001", "--ssl",
+		"--ssl_cafile=/ca.pem", "--srv=example.com", "--include=*.pem", "--exclude=**/key.pem", "--prefix-warn-test"}, io.Discard)
+	if err == nil {
+		t.Fatal("an unknown flag was accepted")
+	}
+	c, err = Parse([]string{"-p", "a", "-t", "/c", "--onetime", "-n", "-d", "--host=etcd1", "--port=4001", "--ssl",
+		"--ssl_cafile=/ca.pem", "--srv=example.com", "--include=*.pem", "--exclude=**/key.pem"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Once || !c.DryRun || c.LogLevel != "debug" || c.DiscoverySRV != "example.com" ||
+		c.EtcdEnv["ETCD_ENDPOINTS"] != "https://etcd1:4001" || c.EtcdEnv["ETCD_SERVER_CA_FILE"] != "/ca.pem" {
+		t.Fatalf("%+v", c)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], `--prefix "a" does not begin with /`) {
+		t.Fatalf("warnings %q", c.Warnings)
+	}
+	for _, bad := range []string{"[", "a**", "--ssl_passphrase=x"} {
+		arg := "--include=" + bad
+		if strings.HasPrefix(bad, "--") {
+			arg = bad
+		}
+		if _, err := Parse([]string{"-p", "/a", "-t", "/c", arg}, io.Discard); err == nil {
+			t.Errorf("%s accepted", arg)
+		}
+	}
+}

@@ -30,7 +30,8 @@ func TestFailedCheckKeepsTheOldVersionThenPassesAtTheNextChange(t *testing.T) {
 	c := e.Client()
 	src, dest := templateFiles(t, `conf {{get "a"}}`)
 	txn(t, c, "/p/a", "good")
-	d := start(t, e, "reader", "--prefix=/p", "--template="+src+":"+dest, "--check-cmd="+refuseBroken)
+	d := start(t, e, "reader", "--prefix=/p", "--template="+src+":"+dest, "--check-cmd="+refuseBroken,
+		"--check-mirror-cmd="+refuseBroken)
 	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
 
 	txn(t, c, "/p/a", "broken")
@@ -92,4 +93,25 @@ func TestReloadCommandRunsAfterTheVersionIsLive(t *testing.T) {
 	txn(t, c, "/p/a", "4")
 	d2.waitEvent("a=4", func(ev event) bool { return ev.What == "hangup" && ev.Files["a"] == "4" })
 	waitLog(t, d2, "reload command ran")
+}
+
+// Without a command (--once, a sidecar) the reload command runs after the first sync that
+// wrote something, as confd runs it; confd's {{.src}} names the staged file.
+func TestReloadAfterTheFirstSyncWithoutACommand(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, `a={{get "a"}}`)
+	marker := filepath.Join(t.TempDir(), "reloaded")
+	txn(t, c, "/p/a", "1")
+	d := start(t, e, "", "--prefix=/p", "--once", "--template="+src+":"+dest,
+		"--check-cmd=grep -q a=1 {{.src}}", "--reload-cmd=touch "+marker)
+	if code := d.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the reload command did not run after the first sync: %v", err)
+	}
+	if b, _ := os.ReadFile(dest); string(b) != "a=1" {
+		t.Fatalf("rendered %q", b)
+	}
 }

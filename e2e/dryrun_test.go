@@ -62,3 +62,23 @@ func snapshot(t *testing.T, dirs ...string) string {
 	}
 	return sb.String()
 }
+
+// --dry-run fails when a template fails (missing data is an error, also through index) and
+// prints absolute paths without doubled slashes.
+func TestDryRunFailsOnAFailingTemplate(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, `pw={{get "pw"}}`+"\n")
+	bad := filepath.Join(filepath.Dir(src), "bad.tmpl")
+	os.WriteFile(bad, []byte(`{{index . "missing"}}`), 0o644)
+	txn(t, c, "/p/pw", "x")
+	d := start(t, e, "", "--prefix=/p", "--dry-run", "--show-values", "--template="+src+":"+dest,
+		"--template="+bad+":"+dest+".bad")
+	if code := d.wait(30 * time.Second); code == 0 {
+		t.Fatalf("--dry-run exit code 0 with a failing template:\n%s", d.stderr.String())
+	}
+	out := d.stderr.String()
+	if !strings.Contains(out, `key "missing" does not exist`) || !strings.Contains(out, "+++ b"+dest+"\n") || strings.Contains(out, "a//") || strings.Contains(out, "b//") {
+		t.Fatalf("--dry-run output:\n%s", out)
+	}
+}

@@ -68,9 +68,10 @@ func start(t *testing.T, e *etcdtest.Server, role string, flags ...string) *disp
 
 // runOpts are the less common ways to start the binary.
 type runOpts struct {
-	Attr   *syscall.SysProcAttr // for example a new PID namespace
-	Env    []string             // added to the environment
-	Target string               // instead of a fresh path
+	Attr     *syscall.SysProcAttr // for example a new PID namespace
+	Env      []string             // added to the environment
+	Target   string               // instead of a fresh path
+	NoTarget bool                 // no --target: templates only
 }
 
 // startAs is start with options.
@@ -82,6 +83,9 @@ func startAs(t *testing.T, e *etcdtest.Server, o runOpts, role string, flags ...
 		d.target = o.Target
 	}
 	args := append([]string{"--target=" + d.target, "--check-interval=200ms"}, flags...)
+	if o.NoTarget {
+		args = args[1:]
+	}
 	if role != "" {
 		args = append(args, "--", os.Args[0], "-test.run=^$")
 	}
@@ -327,7 +331,10 @@ func readConsistent(target string) map[string]string {
 	for {
 		before, err := os.Readlink(filepath.Join(target, "..data"))
 		if err != nil {
-			files, _ := readTree(target, target) // the plain layout
+			files, err := readTree(target, target) // the plain layout
+			if err != nil {
+				return map[string]string{} // no target: templates only
+			}
 			return files
 		}
 		dir := filepath.Join(target, before)

@@ -2,9 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,4 +110,179 @@ func TestTemplateFailureKeepsTheOldFile(t *testing.T) {
 			t.Fatalf("the child saw %q rendered", ev.Files["@rendered"])
 		}
 	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+// Real nginx started on a rendered config, the obvious --check-cmd 'nginx -t -c {{staged}}'
+// checking each new rendering: a good change reaches nginx after its SIGHUP, a broken one is
+// refused and nginx keeps serving the old one.
+func TestNginxOnARenderedConfigCheckedWithStaged(t *testing.T) {
+	needNginx(t)
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, nginxConf)
+	t.Setenv("NGINX_PID", filepath.Join(filepath.Dir(src), "nginx.pid"))
+	port := freePort(t)
+	txn(t, c, "/web/nginx/port", port, "/web/msg", "hello")
+	d := start(t, e, "", "--prefix=/web", "--template="+src+":"+dest, "--check-cmd=/usr/sbin/nginx -t -c {{staged}}",
+		"--", "/usr/sbin/nginx", "-c", dest, "-g", "daemon off;")
+	get := func(want string) {
+		t.Helper()
+		etcdtest.Eventually(t, 30*time.Second, func() error {
+			resp, err := http.Get("http://127.0.0.1:" + port + "/")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if string(b) != want {
+				return fmt.Errorf("nginx answers %q, want %q", b, want)
+			}
+			return nil
+		})
+	}
+	get("hello\n")
+	txn(t, c, "/web/msg", "world")
+	get("world\n")
+	waitLog(t, d, "signal sent")
+	good, _ := os.ReadFile(dest)
+	txn(t, c, "/web/nginx/port", "bogus")
+	waitLog(t, d, "template refused by its check command", `invalid port`)
+	if b, _ := os.ReadFile(dest); string(b) != string(good) {
+		t.Fatalf("nginx.conf replaced by a refused one:\n%s", b)
+	}
+	get("world\n")
+	if n := len(d.stderr.lines("signal sent")); n != 1 {
+		t.Fatalf("%d signals, want 1 (none for the refused config)", n)
+	}
+}
+
+// haproxy -c -f {{staged}} refusing a rendering: no signal for it, though the mirrored key
+// changed; the next good change signals once.
+func TestRejectedHaproxyConfigSendsNoSignal(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (apt-get install haproxy): " + err.Error())
+	}
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, "global\n    master-worker\ndefaults\n    mode http\n    timeout connect 5s\n"+
+		"    timeout client 30s\n    timeout server 30s\n"+haproxyTemplate)
+	txn(t, c, "/svc/backends/web1", "10.0.0.1:80")
+	d := start(t, e, "reader", "--prefix=/svc", "--template="+src+":"+dest, "--check-cmd=/usr/sbin/haproxy -c -f {{staged}}")
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
+	txn(t, c, "/svc/backends/web2", "10.0.0.2:99999")
+	waitLog(t, d, "template refused by its check command", "invalid port")
+	txn(t, c, "/svc/backends/web2", "10.0.0.2:80")
+	d.waitEvent("web2", func(ev event) bool {
+		return ev.What == "hangup" && strings.Contains(ev.Files["@rendered"], "server web2 10.0.0.2:80 check")
+	})
+	if n := d.finalSignals(); n != 1 {
+		t.Fatalf("%d signals, want 1: none for the refused config", n)
+	}
+}
+
+// Without --target nothing is mirrored; only the template's changes signal.
+func TestTemplatesWithoutATarget(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, `port {{get "port"}}`+"\n")
+	txn(t, c, "/p/port", "80", "/p/other", "1")
+	d := startAs(t, e, runOpts{NoTarget: true}, "reader", "--prefix=/p", "--template="+src+":"+dest)
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && ev.Files["@rendered"] == "port 80\n" })
+	txn(t, c, "/p/other", "2")
+	txn(t, c, "/p/port", "81")
+	d.waitEvent("port 81", func(ev event) bool { return ev.What == "hangup" && ev.Files["@rendered"] == "port 81\n" })
+	if n := d.finalSignals(); n != 1 {
+		t.Fatalf("%d signals, want 1: a key no template renders changes nothing", n)
+	}
+	if _, err := os.Stat(d.target); err == nil {
+		t.Fatal("a target directory was created without --target")
+	}
+}
+
+// A destination bind-mounted into the container (docker run -v ./nginx.conf:/etc/nginx/nginx.conf)
+// cannot be renamed over: it is written in place, with one warning, and keeps its mode.
+func TestBindMountedDestinationIsWrittenInPlace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mount --bind needs root")
+	}
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, `port {{get "port"}}`+"\n")
+	host := filepath.Join(t.TempDir(), "host.conf")
+	os.WriteFile(host, []byte("port 1\n"), 0o644)
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	os.WriteFile(dest, nil, 0o600)
+	if err := syscall.Mount(host, dest, "", syscall.MS_BIND, ""); err != nil {
+		t.Skipf("cannot bind-mount here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dest, syscall.MNT_DETACH) })
+	txn(t, c, "/p/port", "80")
+	d := start(t, e, "reader", "--prefix=/p", "--template="+src+":"+dest)
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && ev.Files["@rendered"] == "port 80\n" })
+	txn(t, c, "/p/port", "81")
+	d.waitEvent("port 81", func(ev event) bool { return ev.What == "hangup" && ev.Files["@rendered"] == "port 81\n" })
+	if b, _ := os.ReadFile(host); string(b) != "port 81\n" {
+		t.Fatalf("the host's file holds %q", b)
+	}
+	if st, _ := os.Stat(host); st.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v, want the file's own 0644", st.Mode())
+	}
+	if n := len(d.stderr.lines("written in place")); n != 1 {
+		t.Fatalf("%d warnings about writing in place, want 1", n)
+	}
+}
+
+// An existing destination keeps its mode and owner unless --mode (or --owner) says otherwise.
+func TestDestinationKeepsItsModeAndOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, `port {{get "port"}}`+"\n")
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	os.WriteFile(dest, []byte("old\n"), 0o644)
+	os.Chown(dest, 65534, 65534)
+	txn(t, c, "/p/port", "80")
+	d := start(t, e, "", "--prefix=/p", "--once", "--template="+src+":"+dest)
+	if code := d.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	st, _ := os.Stat(dest)
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o644 || sys.Uid != 65534 || sys.Gid != 65534 {
+		t.Fatalf("mode %v owner %d:%d, want 0644 65534:65534 kept", st.Mode(), sys.Uid, sys.Gid)
+	}
+	txn(t, c, "/p/port", "81")
+	d = start(t, e, "", "--prefix=/p", "--once", "--mode=0640", "--owner=0", "--template="+src+":"+dest)
+	if code := d.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	st, _ = os.Stat(dest)
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o640 || sys.Uid != 0 {
+		t.Fatalf("mode %v owner %d, want --mode 0640 and --owner 0", st.Mode(), sys.Uid)
+	}
+}
+
+// A template that fails at start while its destination holds a previous good file: the
+// command starts on that file, with a warning naming the template.
+func TestStartsOnThePreviousGoodFileWithAWarning(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	src, dest := templateFiles(t, `port {{get "port"}}`+"\n")
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	os.WriteFile(dest, []byte("port 79\n"), 0o644)
+	txn(t, c, "/p/other", "1")
+	d := start(t, e, "reader", "--prefix=/p", "--template="+src+":"+dest)
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && ev.Files["@rendered"] == "port 79\n" })
+	waitLog(t, d, "starting on the previous file", "template="+src, `key \"port\" does not exist`)
 }

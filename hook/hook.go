@@ -7,7 +7,8 @@
 // `sh -c '...'` yourself when you want a shell. In every word, {{staged}} becomes the path of
 // what is being checked (the staged version directory, or the temporary file of a template)
 // and {{target}} the path where it goes live; the command also gets them as the environment
-// variables DISPENSER_STAGED and DISPENSER_TARGET.
+// variables DISPENSER_STAGED and DISPENSER_TARGET. confd's {{.src}} and {{.dest}} are the same
+// as {{staged}} and {{target}}.
 package hook
 
 import (
@@ -73,7 +74,7 @@ func (c Command) Run(ctx context.Context, r Runner, env []string, staged, target
 	}
 	argv := make([]string, len(c.Argv))
 	for i, w := range c.Argv {
-		argv[i] = strings.NewReplacer("{{staged}}", staged, "{{target}}", target).Replace(w)
+		argv[i] = strings.NewReplacer("{{staged}}", staged, "{{target}}", target, "{{.src}}", staged, "{{.dest}}", target).Replace(w)
 	}
 	env = append(env[:len(env):len(env)], "DISPENSER_STAGED="+staged, "DISPENSER_TARGET="+target)
 	code, out, err := r.Output(ctx, argv, env)

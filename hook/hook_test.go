@@ -45,12 +45,12 @@ func (f *fakeRunner) Output(_ context.Context, argv, env []string) (int, []byte,
 }
 
 func TestRunPassesThePathsAndReportsTheOutput(t *testing.T) {
-	c, _ := Parse("check --file={{staged}} --dest {{target}}", 0)
+	c, _ := Parse("check --file={{staged}} --dest {{target}} {{.src}} {{.dest}}", 0)
 	r := &fakeRunner{}
 	if err := c.Run(context.Background(), r, []string{"A=1"}, "/s", "/t"); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(r.argv, []string{"check", "--file=/s", "--dest", "/t"}) {
+	if !slices.Equal(r.argv, []string{"check", "--file=/s", "--dest", "/t", "/s", "/t"}) {
 		t.Fatalf("argv %q", r.argv)
 	}
 	if !slices.Equal(r.env, []string{"A=1", "DISPENSER_STAGED=/s", "DISPENSER_TARGET=/t"}) {

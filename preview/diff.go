@@ -31,7 +31,8 @@ func Diff(name string, old, new []byte, showValues bool) string {
 		return fmt.Sprintf("%s: %s\n", name, what)
 	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "--- a/%s\n+++ b/%s\n@@ -%s +%s @@\n", name, name, span(len(a)), span(len(b)))
+	rel := strings.TrimLeft(name, "/") // a/etc/x, not a//etc/x
+	fmt.Fprintf(&sb, "--- a/%s\n+++ b/%s\n@@ -%s +%s @@\n", rel, rel, span(len(a)), span(len(b)))
 	for _, l := range diffLines(a, b) {
 		sb.WriteString(l)
 		if !strings.HasSuffix(l, "\n") {

@@ -24,3 +24,10 @@ func TestDiff(t *testing.T) {
 		}
 	}
 }
+
+func TestDiffOfAnAbsolutePathHasNoDoubleSlash(t *testing.T) {
+	got := Diff("/etc/x.conf", []byte("a\n"), []byte("b\n"), true)
+	if want := "--- a/etc/x.conf\n+++ b/etc/x.conf\n"; got[:len(want)] != want {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -4,17 +4,24 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path"
+	"reflect"
 	"slices"
 	"strings"
 	"text/template"
+
+	"github.com/Masterminds/sprig/v3"
 )
 
-// funcs are the functions a template can call. Keys are relative to the mirrored prefix, as
-// the files are named ("backends/web1"). A path argument is a directory: "backends" and
-// "backends/" both mean the keys below backends/, never "backends2/x"; "" means every key.
+// funcs are the functions a template can call: Sprig's, then ours, which win where the names
+// are the same. Keys are relative to the mirrored prefix, as the files are named
+// ("backends/web1"). A path argument is a directory: "backends" and "backends/" both mean the
+// keys below backends/, never "backends2/x"; "" means every key. Every function that takes a
+// string to work on takes it last, so that it works in a pipeline: {{get "k" | split ","}}.
 func (r *Renderer) funcs(name string) template.FuncMap {
-	return template.FuncMap{
+	fm := sprig.TxtFuncMap()
+	maps.Copy(fm, template.FuncMap{
 		"get": func(key string) (string, error) {
 			v, ok := r.values[key]
 			if !ok {
@@ -63,7 +70,7 @@ func (r *Renderer) funcs(name string) template.FuncMap {
 			}
 			return string(b), nil
 		},
-		"split":      func(s, sep string) []string { return strings.Split(s, sep) },
+		"split":      func(sep, s string) []string { return strings.Split(s, sep) },
 		"join":       joinAny,
 		"sort":       sortAny,
 		"trimprefix": func(prefix, s string) string { return strings.TrimPrefix(s, prefix) },
@@ -77,7 +84,66 @@ func (r *Renderer) funcs(name string) template.FuncMap {
 		"upper":      strings.ToUpper,
 		"base":       path.Base,
 		"dir":        path.Dir,
+		"index":      index,
+		"getenv": func(name string, def ...string) string {
+			if v, ok := r.env[name]; ok || len(def) == 0 {
+				return v
+			}
+			return def[0]
+		},
+		"env": func(name string) string { return r.env[name] },
+	})
+	return fm
+}
+
+// index is text/template's index, except that a missing map key is an error naming the key,
+// never an empty value.
+func index(item any, keys ...any) (any, error) {
+	v := reflect.ValueOf(item)
+	for _, k := range keys {
+		for v.Kind() == reflect.Interface || v.Kind() == reflect.Pointer {
+			v = v.Elem()
+		}
+		switch v.Kind() {
+		case reflect.Map:
+			kv := reflect.ValueOf(k)
+			if !kv.IsValid() || !kv.Type().AssignableTo(v.Type().Key()) {
+				return nil, fmt.Errorf("index: key %v of type %T does not fit a %s", k, k, v.Type())
+			}
+			e := v.MapIndex(kv)
+			if !e.IsValid() {
+				return nil, fmt.Errorf("index: key %q does not exist; use getdefault, exists or a with block for optional keys", fmt.Sprint(k))
+			}
+			v = e
+		case reflect.Slice, reflect.Array, reflect.String:
+			i, ok := toInt(k)
+			if !ok || i < 0 || i >= v.Len() {
+				return nil, fmt.Errorf("index: %v out of range (length %d)", k, v.Len())
+			}
+			v = v.Index(i)
+		case reflect.Invalid:
+			return nil, fmt.Errorf("index of a missing value with %v", k)
+		default:
+			return nil, fmt.Errorf("index: cannot index a %s with %v", v.Type(), k)
+		}
 	}
+	if !v.IsValid() {
+		return nil, nil
+	}
+	return v.Interface(), nil
+}
+
+func toInt(k any) (int, bool) {
+	v := reflect.ValueOf(k)
+	switch v.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return int(v.Int()), true
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return int(v.Uint()), true
+	case reflect.Float64:
+		return int(v.Float()), v.Float() == float64(int(v.Float()))
+	}
+	return 0, false
 }
 
 // Entry is one key and its value, as entries returns them.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -143,7 +144,7 @@ func TestFunctions(t *testing.T) {
 		{`{{range entries "hosts"}}{{.Key}}={{.Value}};{{end}}`, "hosts/x=h1;hosts/y=h2;"},
 		{`{{with json (get "cfg")}}{{.port}} {{index .tags 1}}{{end}}`, "8080 b"},
 		{`{{get "enc" | base64decode}} {{"hi" | base64encode}}`, "secret aGk="},
-		{`{{split (get "list") "," | sort | join " "}}`, "a b c"},
+		{`{{get "list" | split "," | sort | join " "}}`, "a b c"},
 		{`{{trimprefix "hosts/" "hosts/x"}} {{dir "a/b/c"}} {{base "a/b/c"}} {{upper "x"}}`, "x a/b c X"},
 		{`{{index . "hosts/x"}}`, "h1"},
 	} {
@@ -207,5 +208,151 @@ func TestWatchedKeysOnlyAndOwnMode(t *testing.T) {
 	r.Render()
 	if b, _ := os.ReadFile(dest); string(b) != "h2 x" {
 		t.Fatalf("dest %q, want %q (extra read, not watched)", b, "h2 x")
+	}
+}
+
+// Missing data is an error everywhere, never an empty string or "<no value>".
+func TestMissingDataFailsTheRender(t *testing.T) {
+	for _, text := range []string{
+		`{{index . "missing"}}`,
+		`{{.missing}}`,
+		`{{with json (get "cfg")}}{{.nope}}{{end}}`,
+		`{{index (json (get "cfg")) "nope"}}`,
+		`{{index .Data "/p/missing"}}`,
+	} {
+		r, dest := newRenderer(t, text, nil)
+		r.Fold(put("cfg", `{"port":1}`), true)
+		o := r.Render()
+		if len(o.Failed) != 1 || o.Failed[0].Stage != "template" {
+			b, _ := os.ReadFile(dest)
+			t.Errorf("%s: rendered %q, outcome %+v; want a failure", text, b, o)
+		}
+	}
+}
+
+// Sprig's functions, getenv, and the reconfig data: .Data (full keys of what the template
+// covers), .AltData and .Watched.
+func TestSprigEnvAndReconfigData(t *testing.T) {
+	t.Setenv("RENDER_TEST_VAR", "v")
+	dir := t.TempDir()
+	src, dest := filepath.Join(dir, "t.tmpl"), filepath.Join(dir, "out")
+	text := `{{"ab" | upper | repeat 2}} {{getenv "RENDER_TEST_VAR"}} {{getenv "RENDER_TEST_UNSET" "d"}} {{env "RENDER_TEST_VAR"}}
+{{range $k, $v := .Data}}{{$k}}={{$v}};{{end}} {{range $k, $v := .AltData.other}}{{$k}}={{$v}};{{end}} {{.Watched}}`
+	if err := os.WriteFile(src, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Options{Prefix: "/p/", NoSync: true, UID: -1, GID: -1, Templates: []Spec{{Src: src, Dest: dest,
+		Data:    func(k string) bool { return strings.HasPrefix(k, "db/") },
+		AltKeys: map[string]string{"other": "alt"}, Watched: "/p/db"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fold(put("db/b", "2", "db/a", "1", "alt/x", "3", "zzz", "4"), true)
+	if o := r.Render(); len(o.Failed) > 0 {
+		t.Fatalf("%+v", o.Failed)
+	}
+	want := "ABAB v d v\n/p/db/a=1;/p/db/b=2; /p/alt/x=3; /p/db"
+	if got := read(t, dest); got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+// An existing destination keeps its mode when the template gives none; a check that names
+// the destination itself (CheckLive) sees the new content there, and a refusal puts the old
+// content back.
+func TestKeepsModeAndChecksInPlace(t *testing.T) {
+	dir := t.TempDir()
+	src, dest := filepath.Join(dir, "t.tmpl"), filepath.Join(dir, "out")
+	os.WriteFile(src, []byte(`{{get "a"}}`), 0o644)
+	if err := os.WriteFile(dest, []byte("old"), 0o604); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	r, err := New(Options{NoSync: true, UID: -1, GID: -1, Templates: []Spec{{Src: src, Dest: dest, CheckLive: true}},
+		Check: func(d, staged string) error {
+			b, _ := os.ReadFile(staged)
+			seen = append(seen, string(b))
+			if string(b) == "bad" {
+				return errors.New("refused")
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fold(put("a", "good"), true)
+	if o := r.Render(); !o.Changed() {
+		t.Fatalf("%+v", o)
+	}
+	if st, _ := os.Stat(dest); st.Mode().Perm() != 0o604 {
+		t.Fatalf("mode %v, want the old 0604 kept", st.Mode())
+	}
+	r.Fold(put("a", "bad"), false)
+	if o := r.Render(); len(o.Failed) != 1 || o.Failed[0].Stage != "check" {
+		t.Fatalf("%+v", o)
+	}
+	if got := read(t, dest); got != "good" {
+		t.Fatalf("dest %q after a refused check, want the old content back", got)
+	}
+	if strings.Join(seen, ",") != "good,bad" {
+		t.Fatalf("the check saw %v at the destination, want the new content each time", seen)
+	}
+}
+
+// A bind-mounted destination cannot be renamed over: it is written in place.
+func TestBindMountedDestinationWrittenInPlace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mount --bind needs root")
+	}
+	dir := t.TempDir()
+	src, dest, host := filepath.Join(dir, "t.tmpl"), filepath.Join(dir, "dest"), filepath.Join(dir, "host")
+	os.WriteFile(src, []byte(`{{get "a"}}`), 0o644)
+	os.WriteFile(host, []byte("old"), 0o644)
+	os.WriteFile(dest, nil, 0o644)
+	if err := syscall.Mount(host, dest, "", syscall.MS_BIND, ""); err != nil {
+		t.Skipf("cannot bind-mount here: %v", err)
+	}
+	defer syscall.Unmount(dest, 0)
+	r, err := New(Options{NoSync: true, UID: -1, GID: -1, Templates: []Spec{{Src: src, Dest: dest}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fold(put("a", "new"), true)
+	if o := r.Render(); !o.Changed() {
+		t.Fatalf("%+v", o)
+	}
+	if got := read(t, host); got != "new" {
+		t.Fatalf("the mounted file holds %q", got)
+	}
+	if st, _ := os.Stat(host); st.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v, want 0644 kept", st.Mode())
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".dest.tmp-*")); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
+
+// The README's Go equivalent of reconfig's test4.conf.erb renders what the ERB did.
+func TestReadmeReconfigExample(t *testing.T) {
+	dir := t.TempDir()
+	src, dest := filepath.Join(dir, "t.tmpl"), filepath.Join(dir, "out")
+	text := `{{range $k, $v := .Data}}KEY {{$k}} has VALUE {{$v}}
+{{end}}The main key we watched for was "{{.Watched}}".
+{{range $k, $v := .AltData}}Altkey={{$k}}
+{{toPrettyJson $v}}
+{{end}}`
+	os.WriteFile(src, []byte(text), 0o644)
+	r, err := New(Options{Prefix: "", NoSync: true, UID: -1, GID: -1, Templates: []Spec{{Src: src, Dest: dest,
+		Data: func(k string) bool { return k == "/test4" }, AltKeys: map[string]string{"akey1": "/altkey1"}, Watched: "/test4"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fold(put("/test4", "v", "/altkey1/x", "1", "/other", "o"), true)
+	if o := r.Render(); len(o.Failed) > 0 {
+		t.Fatalf("%+v", o.Failed)
+	}
+	want := "KEY /test4 has VALUE v\nThe main key we watched for was \"/test4\".\nAltkey=akey1\n{\n  \"/altkey1/x\": \"1\"\n}\n"
+	if got := read(t, dest); got != want {
+		t.Fatalf("got %q, want %q", got, want)
 	}
 }
