@@ -278,6 +278,7 @@ func parseRewrites(pairs []string) (map[syscall.Signal]syscall.Signal, error) {
 	}
 	return m, nil
 }
+
 // onceString is a string flag that refuses to be given twice, so that a second --prefix is
 // never silently dropped.
 type onceString struct {
