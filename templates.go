@@ -37,12 +37,13 @@ func versionCheck(cfg config.Config, sup *supervisor.Supervisor) func(staged str
 	}
 }
 
-// applyFunc is what the source calls: d.apply, behind a quiesce buffer with --wait.
+// applyFunc is what the source calls: d.apply, behind a quiesce buffer with --wait or --settle.
 func (d *dispenser) applyFunc() source.ApplyFunc {
-	if d.cfg.Wait <= 0 || d.cfg.Once {
+	if (d.cfg.Wait <= 0 && d.cfg.Settle <= 0) || d.cfg.Once {
 		return d.apply
 	}
 	d.quiet = quiesce.New(d.cfg.Wait, d.cfg.MaxWait, d.apply)
+	d.quiet.Settle = d.cfg.Settle
 	return d.quiet.Apply
 }
 

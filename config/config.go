@@ -32,6 +32,7 @@ type Config struct {
 	StartTimeout  time.Duration
 	CheckInterval time.Duration
 	Coalesce      time.Duration
+	Settle        time.Duration // least time each applied version stays live before the next
 	PassSecrets   bool
 	OnChange      string // signal, restart or none: what the command gets after each change
 	DiscoverySRV  string // DNS domain whose SRV records name the etcd endpoints
@@ -72,6 +73,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
 	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "during a burst, apply at most one batch (and send one signal) per DURATION, merging what arrives meanwhile; a change that finds the dispenser idle goes at once (0: never hold)")
+	fs.DurationVar(&c.Settle, "settle", time.Second, "keep each applied version live at least DURATION after its signal, so the command reads all its files from it; changes meanwhile are merged, a change after it is applied at once (0: off)")
 	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -152,6 +154,9 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	}
 	if c.KillTimeout < 0 || c.StartTimeout < 0 || c.Coalesce < 0 || c.CheckInterval <= 0 {
 		check(errors.New("--kill-timeout, --start-timeout and --coalesce must not be negative, --check-interval must be positive"))
+	}
+	if c.Settle < 0 {
+		check(fmt.Errorf("--settle %v: must not be negative (0 turns it off)", c.Settle))
 	}
 	if c.Once && len(c.Command) > 0 {
 		check(fmt.Errorf("--once syncs and exits, so it takes no command (got %q): drop --once to run the command", c.Command[0]))
