@@ -152,9 +152,18 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	default:
 		check(fmt.Errorf("--log-level %q: accepted values are debug, info, warn and error", c.LogLevel))
 	}
-	if c.KillTimeout < 0 || c.StartTimeout < 0 || c.Coalesce < 0 || c.CheckInterval <= 0 {
-		check(errors.New("--kill-timeout, --start-timeout and --coalesce must not be negative, --check-interval must be positive"))
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"kill-timeout", c.KillTimeout}, {"start-timeout", c.StartTimeout}, {"coalesce", c.Coalesce}} {
+		if d.value < 0 {
+			check(fmt.Errorf("--%s %v: must not be negative", d.name, d.value))
+		}
 	}
+	if c.CheckInterval <= 0 {
+		check(fmt.Errorf("--check-interval %v: must be positive", c.CheckInterval))
+	}
+	check(flagErr("listen", checkListen(c.Listen)))
 	if c.Settle < 0 {
 		check(fmt.Errorf("--settle %v: must not be negative (0 turns it off)", c.Settle))
 	}
@@ -216,6 +225,9 @@ func parseMode(s string) (uint32, error) {
 	if err != nil || n > 0o7777 || n == 0 {
 		return 0, fmt.Errorf("%q: not a file mode; use octal digits like 0600, 0640 or 0644", s)
 	}
+	if n > 0o777 {
+		return 0, fmt.Errorf("%q: has the setuid, setgid or sticky bit (%04o); files get permission bits only, like 0600, 0640 or 0644", s, n&^0o777)
+	}
 	return uint32(n), nil
 }
 
@@ -223,8 +235,8 @@ func parseMode(s string) (uint32, error) {
 // and looks a name up.
 func lookupID(s, kind string, lookup func(string) (string, error)) (int, error) {
 	if n, err := strconv.Atoi(s); err == nil {
-		if n < 0 {
-			return 0, fmt.Errorf("%q: a numeric %s id must not be negative", s, kind)
+		if n < 0 || n > 1<<32-2 {
+			return 0, fmt.Errorf("%q: a numeric %s id must be from 0 to 4294967294", s, kind)
 		}
 		return n, nil
 	}
