@@ -33,12 +33,15 @@ func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
 	cfg, err := config.Parse(args, os.Stderr)
+	if err == nil && !cfg.Version {
+		err = cfg.Validate() // files and environment: bad input is exit 2 before anything is touched
+	}
 	switch {
 	case errors.Is(err, config.ErrHelp):
 		return 0
 	case err != nil:
-		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: %v\nRun etcd-config-dispenser --help for the flags.\n",
-			strings.ReplaceAll(err.Error(), "\n", "\netcd-config-dispenser: "))
+		// One line per bad value, each naming the flag and the value.
+		fmt.Fprintf(os.Stderr, "etcd-config-dispenser: %v\n", strings.ReplaceAll(err.Error(), "\n", "\netcd-config-dispenser: "))
 		return 2
 	case cfg.Version:
 		fmt.Println("etcd-config-dispenser", version)

@@ -70,7 +70,7 @@ type Pipeline struct {
 	child   Child
 	w       *writer.Writer
 	r       *render.Renderer // nil without templates
-	quiet   *quiesce.Buffer  // nil without --wait
+	quiet   *quiesce.Buffer  // nil without --wait and --settle
 	m       Metrics
 	env     []string   // of the command and the check and reload commands
 	started chan error // receives once, when the first batch has been applied
@@ -119,12 +119,13 @@ func (p *Pipeline) Started() <-chan error { return p.started }
 // FirstApplied sets a function called once, when the first batch has been applied.
 func (p *Pipeline) FirstApplied(fn func()) { p.onFirst = fn }
 
-// Func is what the source calls: Apply, behind a quiesce buffer with --wait.
+// Func is what the source calls: Apply, behind a quiesce buffer with --wait or --settle.
 func (p *Pipeline) Func() source.ApplyFunc {
-	if p.cfg.Wait <= 0 || p.cfg.Once {
+	if (p.cfg.Wait <= 0 && p.cfg.Settle <= 0) || p.cfg.Once {
 		return p.Apply
 	}
 	p.quiet = quiesce.New(p.cfg.Wait, p.cfg.MaxWait, p.Apply)
+	p.quiet.Settle = p.cfg.Settle
 	return p.quiet.Apply
 }
 

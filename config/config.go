@@ -35,6 +35,7 @@ type Config struct {
 	StartTimeout  time.Duration
 	CheckInterval time.Duration
 	Coalesce      time.Duration
+	Settle        time.Duration // least time each applied version stays live before the next
 	PassSecrets   bool
 	OnChange      string // signal, restart or none: what the command gets after each change
 	DiscoverySRV  string // DNS domain whose SRV records name the etcd endpoints
@@ -80,6 +81,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
 	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "during a burst, apply at most one batch (and send one signal) per DURATION, merging what arrives meanwhile; a change that finds the dispenser idle goes at once (0: never hold)")
+	fs.DurationVar(&c.Settle, "settle", time.Second, "keep each applied version live at least DURATION after its signal, so the command reads all its files from it; changes meanwhile are merged, a change after it is applied at once (0: off)")
 	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -163,8 +165,20 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	default:
 		check(fmt.Errorf("--log-level %q: accepted values are debug, info, warn and error", c.LogLevel))
 	}
-	if c.KillTimeout < 0 || c.StartTimeout < 0 || c.Coalesce < 0 || c.CheckInterval <= 0 {
-		check(errors.New("--kill-timeout, --start-timeout and --coalesce must not be negative, --check-interval must be positive"))
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"kill-timeout", c.KillTimeout}, {"start-timeout", c.StartTimeout}, {"coalesce", c.Coalesce}} {
+		if d.value < 0 {
+			check(fmt.Errorf("--%s %v: must not be negative", d.name, d.value))
+		}
+	}
+	if c.CheckInterval <= 0 {
+		check(fmt.Errorf("--check-interval %v: must be positive", c.CheckInterval))
+	}
+	check(flagErr("listen", checkListen(c.Listen)))
+	if c.Settle < 0 {
+		check(fmt.Errorf("--settle %v: must not be negative (0 turns it off)", c.Settle))
 	}
 	if c.Once && len(c.Command) > 0 {
 		check(fmt.Errorf("--once syncs and exits, so it takes no command (got %q): drop --once to run the command", c.Command[0]))
@@ -231,6 +245,9 @@ func parseMode(s string) (uint32, error) {
 	if err != nil || n > 0o7777 || n == 0 {
 		return 0, fmt.Errorf("%q: not a file mode; use octal digits like 0600, 0640 or 0644", s)
 	}
+	if n > 0o777 {
+		return 0, fmt.Errorf("%q: has the setuid, setgid or sticky bit (%04o); files get permission bits only, like 0600, 0640 or 0644", s, n&^0o777)
+	}
 	return uint32(n), nil
 }
 
@@ -238,8 +255,8 @@ func parseMode(s string) (uint32, error) {
 // and looks a name up.
 func lookupID(s, kind string, lookup func(string) (string, error)) (int, error) {
 	if n, err := strconv.Atoi(s); err == nil {
-		if n < 0 {
-			return 0, fmt.Errorf("%q: a numeric %s id must not be negative", s, kind)
+		if n < 0 || n > 1<<32-2 {
+			return 0, fmt.Errorf("%q: a numeric %s id must be from 0 to 4294967294", s, kind)
 		}
 		return n, nil
 	}

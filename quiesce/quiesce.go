@@ -1,11 +1,19 @@
-// Package quiesce delays batches until the keys have been quiet for a while, like
-// consul-template's wait: a burst of changes becomes one applied batch, so the program is
-// reloaded once rather than once per change.
+// Package quiesce delays batches in front of the apply function, for two reasons.
 //
-// Pending batches are merged whole (a revision is never split); a Full batch replaces
-// everything pending, since it lists every key. The merged batch is applied Min after the last
+// Wait, like consul-template's: a burst of changes becomes one applied batch, so the program
+// is reloaded once rather than once per change. The merged batch is applied Min after the last
 // change, but never later than Max after the first pending one, so a prefix that never goes
 // quiet is still applied.
+//
+// Settle: a version that was applied (and signalled) stays live for at least Settle before
+// the next apply. A program that reads several files after the signal, each through its own
+// lookup (nginx: certificate, then key), reads them all from the version it was told about
+// as long as it reads within Settle. A change that comes after the settle time is applied at
+// once; changes that come within it are merged and applied when it ends.
+//
+// Pending batches are merged whole (a revision is never split); a Full batch replaces
+// everything pending, since it lists every key. A held batch lives only in memory: the source
+// counts it as applied, and a dispenser killed meanwhile starts again from a full snapshot.
 package quiesce
 
 import (
@@ -21,11 +29,15 @@ import (
 type Buffer struct {
 	min, max time.Duration
 	apply    source.ApplyFunc
+	// Settle is the least time from the end of one apply (the signal is sent within it)
+	// to the start of the next. 0: none. Set it before the first Apply.
+	Settle time.Duration
 
 	mu      sync.Mutex // held while applying, so applies never overlap
 	seen    bool       // the first batch went through
 	pending *source.Batch
 	first   time.Time // when the first pending change arrived
+	last    time.Time // when the last apply ended
 	gen     int       // which scheduled flush is current
 	timer   *time.Timer
 	err     error // of a delayed apply, reported at the next Apply
@@ -39,8 +51,10 @@ func New(wait, maxWait time.Duration, apply source.ApplyFunc) *Buffer {
 }
 
 // Apply is a source.ApplyFunc. The first batch is applied at once (the program waits for it
-// to start); later ones are merged and applied once the keys are quiet. An error of a delayed
-// apply is returned by the next call, so the source resyncs and nothing is lost.
+// to start); later ones are merged and applied once the keys are quiet (Wait) and the last
+// version has been live for Settle; without Wait, a change that finds nothing pending and the
+// last version settled is applied at once. An error of a delayed apply is returned by the
+// next call, so the source resyncs and nothing is lost.
 func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -49,28 +63,49 @@ func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
 	}
 	if !q.seen {
 		q.seen = true
-		return q.apply(ctx, b)
+		return q.applyNow(ctx, b)
 	}
 	if err := q.err; err != nil {
 		q.err, q.pending = nil, nil
 		return err
 	}
 	now := time.Now()
+	settled := q.last.Add(q.Settle)
+	if q.pending == nil && q.min <= 0 && !now.Before(settled) {
+		return q.applyNow(ctx, b)
+	}
 	if q.pending == nil {
 		q.first = now
 	}
 	q.pending = Merge(q.pending, b)
-	delay := min(q.min, q.first.Add(q.max).Sub(now))
-	q.gen++
+	var delay time.Duration
+	if q.min > 0 {
+		delay = min(q.min, q.first.Add(q.max).Sub(now))
+	}
+	delay = max(delay, settled.Sub(now))
+	q.gen++ // the scheduled flush, if any, is superseded
 	gen := q.gen
 	if q.timer != nil {
 		q.timer.Stop()
+	}
+	if delay <= 0 {
+		// Due already: apply here. Left to a timer, a stream of changes could keep
+		// superseding it before it gets the lock.
+		b, q.pending = *q.pending, nil
+		return q.applyNow(ctx, b)
 	}
 	q.timer = time.AfterFunc(delay, func() { q.flush(ctx, gen) })
 	return nil
 }
 
 var errStopped = errors.New("quiesce: Apply after Stop")
+
+// applyNow applies b and starts the settle time. q.mu is held.
+func (q *Buffer) applyNow(ctx context.Context, b source.Batch) error {
+	err := q.apply(ctx, b)
+	q.last = time.Now()
+	return err
+}
 
 // retryAfter is the least time before a failed delayed apply is tried again.
 const retryAfter = time.Second
@@ -84,7 +119,7 @@ func (q *Buffer) flush(ctx context.Context, gen int) {
 	}
 	b := *q.pending
 	q.pending = nil
-	err := q.apply(ctx, b)
+	err := q.applyNow(ctx, b)
 	if err == nil || ctx.Err() != nil {
 		q.err = nil
 		return
@@ -96,7 +131,7 @@ func (q *Buffer) flush(ctx context.Context, gen int) {
 	q.pending = &source.Batch{Revision: b.Revision}
 	q.gen++
 	next := q.gen
-	q.timer = time.AfterFunc(max(q.max, retryAfter), func() { q.flush(ctx, next) })
+	q.timer = time.AfterFunc(max(q.max, q.Settle, retryAfter), func() { q.flush(ctx, next) })
 }
 
 // Stop cancels a pending apply and waits for one in progress; nothing is

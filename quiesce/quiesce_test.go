@@ -150,3 +150,133 @@ func TestStopCancelsWhatIsPending(t *testing.T) {
 		t.Fatal("Apply after Stop succeeded")
 	}
 }
+
+// A change that finds the last version settled is applied at once, inside Apply.
+func TestSettleAppliesALoneChangeAtOnce(t *testing.T) {
+	r := make(recorder, 10)
+	q := New(0, 0, r.apply)
+	q.Settle = 50 * time.Millisecond
+	defer q.Stop()
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	<-r
+	time.Sleep(q.Settle) // the time that has to pass, not a synchronisation
+	if err := q.Apply(ctx, source.Batch{Revision: 2, Changes: []source.Change{change("a", "1")}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-r:
+		if b.Revision != 2 {
+			t.Fatalf("applied %+v", b)
+		}
+	default:
+		t.Fatal("a lone change after the settle time was held")
+	}
+}
+
+// Changes within the settle time of the last apply are merged and applied once it ends, never
+// sooner: the version just applied stays live for the whole settle time.
+func TestSettleKeepsEachVersionLiveThatLong(t *testing.T) {
+	const settle = 200 * time.Millisecond
+	type applied struct {
+		b  source.Batch
+		at time.Time
+	}
+	r := make(chan applied, 200)
+	q := New(0, 0, func(_ context.Context, b source.Batch) error {
+		r <- applied{b, time.Now()}
+		return nil
+	})
+	q.Settle = settle
+	defer q.Stop()
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	tick := time.NewTicker(5 * time.Millisecond) // paces the changes
+	defer tick.Stop()
+	begin := time.Now()
+	for rev := int64(2); rev <= 150; rev++ { // about 750ms of changes
+		<-tick.C
+		if err := q.Apply(ctx, source.Batch{Revision: rev, Changes: []source.Change{change("k", fmt.Sprint(rev))}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(begin)
+	var got []applied
+	for len(got) == 0 || got[len(got)-1].b.Revision != 150 {
+		select {
+		case a := <-r:
+			got = append(got, a)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("revision 150 never applied; applied %d batches", len(got))
+		}
+	}
+	changes := 0
+	for i, a := range got {
+		changes += len(a.b.Changes)
+		if i > 0 && a.at.Sub(got[i-1].at) < settle {
+			t.Errorf("batch %d (revision %d) applied %v after the previous one, want at least %v",
+				i, a.b.Revision, a.at.Sub(got[i-1].at), settle)
+		}
+	}
+	if changes != 149 {
+		t.Errorf("%d changes applied, want all 149", changes)
+	}
+	// The first batch, then one per settle time while changes come, then the rest.
+	if most := 2 + int(elapsed/settle) + 1; len(got) < 3 || len(got) > most {
+		t.Errorf("%d applies for %v of changes with a %v settle time, want 3 to %d", len(got), elapsed, settle, most)
+	}
+}
+
+// A delayed apply that fails is reported at the next Apply, as with Wait.
+func TestSettleReportsAFailedDelayedApply(t *testing.T) {
+	failed := make(chan struct{})
+	var once sync.Once
+	q := New(0, 0, func(_ context.Context, b source.Batch) error {
+		if b.Revision == 3 {
+			once.Do(func() { close(failed) })
+			return errors.New("disk full")
+		}
+		return nil
+	})
+	q.Settle = 20 * time.Millisecond
+	defer q.Stop()
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	q.Apply(ctx, source.Batch{Revision: 2}) // within the settle time: held
+	q.Apply(ctx, source.Batch{Revision: 3}) // merged with 2
+	<-failed
+	q.mu.Lock()
+	q.mu.Unlock()
+	if err := q.Apply(ctx, source.Batch{Revision: 4}); err == nil || err.Error() != "disk full" {
+		t.Fatalf("next Apply returned %v, want the delayed error", err)
+	}
+}
+
+// Changes that never pause must not keep postponing a batch that is due: it is applied once
+// its settle time (or Max) is over, however fast changes come.
+func TestADueBatchIsAppliedUnderAStreamOfChanges(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		wait, max, settle time.Duration
+	}{{"settle", 0, 0, 50 * time.Millisecond}, {"wait", 20 * time.Millisecond, 50 * time.Millisecond, 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := make(recorder, 1000)
+			q := New(tc.wait, tc.max, r.apply)
+			q.Settle = tc.settle
+			defer q.Stop()
+			ctx := context.Background()
+			q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+			<-r
+			begin := time.Now()
+			for rev := int64(2); time.Since(begin) < time.Second; rev++ { // no pause at all
+				if err := q.Apply(ctx, source.Batch{Revision: rev, Changes: []source.Change{change("k", "v")}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Logf("%d batches", len(r))
+			if n := len(r); n < 5 {
+				t.Fatalf("%d batches applied during 1s of changes with a 50ms bound, want about 20", n)
+			}
+		})
+	}
+}
