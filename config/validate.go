@@ -93,7 +93,11 @@ func checkFiles(c Config) []error {
 		flag string
 		cmd  hook.Command
 	}
-	cmds := []named{{"--check-cmd", c.Check}, {"--reload-cmd", c.Reload}}
+	// Without templates --check-cmd checks the mirror, and is kept as MirrorCheck.
+	cmds := []named{{"--check-cmd", c.Check}, {"--check-mirror-cmd", c.MirrorCheck}, {"--reload-cmd", c.Reload}}
+	if len(c.Templates) == 0 && len(c.Check.Argv) == 0 {
+		cmds[1].flag = "--check-cmd"
+	}
 	for _, dest := range slices.Sorted(maps.Keys(c.Hooks)) {
 		h := c.Hooks[dest]
 		cmds = append(cmds, named{"--config-dir checkcmd of " + dest, h.Check}, named{"--config-dir reloadcmd of " + dest, h.Reload})
