@@ -16,6 +16,7 @@ import (
 const (
 	dataLink    = "..data"     // the symlink whose rename publishes a version
 	dataLinkTmp = "..data_tmp" // the new ..data before it is renamed into place
+	lockName    = "..etcd-config-dispenser.lock"
 	// versionLayout names version directories after the time they were made, in UTC.
 	versionLayout = "..2006_01_02_15_04_05.000000000"
 )
@@ -134,7 +135,13 @@ func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
 		return err
 	}
 	w.marked("synced")
+	newTop := topNames(want)
+	linked := w.linkNew(oldTop, newTop)
+	w.marked("linked")
 	if err := w.swap(staged); err != nil {
+		for _, name := range linked {
+			w.unlink(name)
+		}
 		w.discard(staged)
 		return err
 	}
@@ -153,9 +160,9 @@ func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
 	if w.relink {
 		w.relinkAll(want)
 	} else {
-		w.relinkChanged(oldTop, topNames(want))
+		w.unlinkGone(oldTop, newTop)
 	}
-	w.marked("linked")
+	w.marked("unlinked")
 	w.pruneOlder(older)
 	w.marked("pruned")
 	return nil
@@ -326,14 +333,22 @@ func (w *Writer) pruneVersions(keep string) error {
 	return nil
 }
 
-// relinkChanged is step 9 after an ordinary swap: it links the new top-level names (and those
-// a foreign entry blocked before) and unlinks the names that are gone.
-func (w *Writer) relinkChanged(oldTop, newTop map[string]bool) {
+// linkNew is step 7 (before the swap): it links the new top-level names (and those a foreign
+// entry blocked before; every name after Open), so that each name of the new version is
+// reachable the instant it goes live. Until the swap, a new link dangles: its name is no key
+// of the live version yet. It returns the names it created.
+func (w *Writer) linkNew(oldTop, newTop map[string]bool) (created []string) {
 	for name := range newTop {
-		if !oldTop[name] || w.unlinked[name] {
-			w.link(name)
+		if (w.relink || !oldTop[name] || w.unlinked[name]) && w.link(name) {
+			created = append(created, name)
 		}
 	}
+	return created
+}
+
+// unlinkGone is step 9 after an ordinary swap: it unlinks the names that are gone. Until it
+// runs, they dangle; no key of the live version is behind them.
+func (w *Writer) unlinkGone(oldTop, newTop map[string]bool) {
 	for name := range oldTop {
 		if !newTop[name] {
 			w.unlink(name)

@@ -64,6 +64,13 @@ func checkCrashState(t *testing.T, layout Layout, dir string, before, after tree
 		if !equalTrees(data, before) && !equalTrees(data, after) {
 			t.Errorf("..data shows a mix: %q", data)
 		}
+		// Every key of the live version is reachable by its path, without a restart.
+		for p, v := range data {
+			got, err := os.ReadFile(filepath.Join(dir, p))
+			if err != nil || string(got) != v {
+				t.Errorf("live key %s is not reachable by its path: %q, %v", p, got, err)
+			}
+		}
 		return
 	}
 	// Plain: each file is whole, old or new.
@@ -89,7 +96,7 @@ func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
 		switch {
 		case versionName.MatchString(n):
 			versions++
-		case n == "..data" || n == manifestName:
+		case n == "..data" || n == manifestName || n == lockName:
 		case strings.HasPrefix(n, ".."):
 			t.Errorf("leftover %s", n)
 		}

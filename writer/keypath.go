@@ -17,6 +17,9 @@ const (
 	// maxPathLen is the longest relative path a key may map to: PATH_MAX (4096, counting the
 	// terminating NUL) minus stagingRoom.
 	maxPathLen = 4096 - 1 - stagingRoom
+	// maxDepth is the most segments a key may have. Deeper keys cost the file system a walk
+	// per level for nothing a configuration needs, so they are skipped like other unsafe keys.
+	maxDepth = 64
 )
 
 // KeyPath maps a key (relative to the mirrored prefix, "/"-separated as etcd spells it) to the

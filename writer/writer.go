@@ -131,10 +131,12 @@ type Writer struct {
 }
 
 // entry is one key of the model. value is kept only while the key is shadowed or its content
-// is not live yet; otherwise the bytes are on disk and only the sum is needed.
+// is not live yet; otherwise the bytes are on disk and only the sum is needed. held says
+// which: a nil or empty value is a value (etcd returns nil for ""), never "read it from disk".
 type entry struct {
 	sum   [32]byte
 	value []byte
+	held  bool
 }
 
 // Open validates opts, creates Dir if missing, cleans what a crash left behind, and loads the
@@ -186,7 +188,7 @@ func Open(opts Options) (*Writer, error) {
 		return nil, err
 	}
 	for p, sum := range w.live {
-		w.put(p, sum, nil)
+		w.putLive(p, sum)
 	}
 	w.log.Info("target opened", "files", len(w.live), "version", w.version)
 	return w, nil
@@ -267,13 +269,14 @@ func dirMode(m os.FileMode) os.FileMode {
 //     version live.
 //  6. Sync the file system (syncAll: one syncfs), so the new version is durable before it is
 //     visible. Skipped with NoSync.
-//  7. Point the symlink ..data_tmp at the new version and rename it over ..data (swap). This
-//     is the one atomic step: a reader resolving ..data sees the complete old or new tree.
-//  8. Sync the target directory (syncDir), so the rename itself survives a crash.
-//  9. Reconcile the top-level links (relinkChanged, or relinkAll after Open):
-//     name -> ..data/name for each new top-level
-//     name, and remove our links for names that are gone. Names taken by a file that is not
+//  7. Link each new top-level name, name -> ..data/name (linkNew), then point the symlink
+//     ..data_tmp at the new version and rename it over ..data (swap). The rename is the one
+//     atomic step: a reader resolving ..data sees the complete old or new tree, and every
+//     name of the new tree is linked before it goes live. Names taken by a file that is not
 //     ours are left alone and logged.
+//  8. Sync the target directory (syncDir), so the rename itself survives a crash.
+//  9. Remove our links for top-level names that are gone (unlinkGone, or relinkAll after
+//     Open, which also checks every link).
 //  10. Delete the version before the previous one (pruneOlder). The previous one stays, so a
 //     reader that resolved into it just before the swap can finish.
 //
@@ -357,7 +360,7 @@ func (w *Writer) fold(b Batch) (skipped int) {
 			delete(put, p)
 			continue
 		}
-		w.put(p, sha256.Sum256(c.Value), c.Value)
+		w.put(p, sha256.Sum256(c.Value), c.Value, true)
 		put[p] = true
 	}
 	// A key put in this batch, or one whose first child arrived in it, is reported while a
@@ -381,13 +384,16 @@ func (w *Writer) fold(b Batch) (skipped int) {
 	return skipped
 }
 
-// put sets key p in the model. value may be nil only when the content is live on disk.
-func (w *Writer) put(p string, sum [32]byte, value []byte) {
+// putLive sets key p in the model with the content that is live on disk.
+func (w *Writer) putLive(p string, sum [32]byte) { w.put(p, sum, nil, false) }
+
+// put sets key p in the model; held says value is its content (otherwise it is live on disk).
+func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
 	if e, ok := w.keys[p]; ok {
-		e.sum, e.value = sum, value
+		e.sum, e.value, e.held = sum, value, held
 		return
 	}
-	w.keys[p] = &entry{sum: sum, value: value}
+	w.keys[p] = &entry{sum: sum, value: value, held: held}
 	forParents(p, func(d string) {
 		w.below[d]++
 		if w.below[d] == 1 {
@@ -400,7 +406,7 @@ func (w *Writer) put(p string, sum [32]byte, value []byte) {
 // will be removed, and it must be able to come back.
 func (w *Writer) shadow(d string) {
 	e, ok := w.keys[d]
-	if !ok || e.value != nil {
+	if !ok || e.held {
 		return
 	}
 	data, err := w.readLive(d)
@@ -411,7 +417,7 @@ func (w *Writer) shadow(d string) {
 		forParents(d, func(a string) { w.decBelow(a) })
 		return
 	}
-	e.value, e.sum = data, sha256.Sum256(data)
+	e.value, e.sum, e.held = data, sha256.Sum256(data), true
 }
 
 // remove deletes key p from the model.
@@ -460,8 +466,8 @@ func (w *Writer) diff(want map[string][32]byte) (write, remove []string) {
 
 // content returns the bytes of desired file p: the remembered value, or the live file.
 func (w *Writer) content(p string) ([]byte, error) {
-	if v := w.keys[p].value; v != nil {
-		return v, nil
+	if e := w.keys[p]; e.held {
+		return e.value, nil
 	}
 	return w.readLive(p)
 }
@@ -469,11 +475,11 @@ func (w *Writer) content(p string) ([]byte, error) {
 // forget drops the values that are now live on disk and not shadowed.
 func (w *Writer) forget() {
 	for p, e := range w.keys {
-		if e.value == nil || w.below[p] > 0 {
+		if !e.held || w.below[p] > 0 {
 			continue
 		}
 		if sum, ok := w.live[p]; ok && sum == e.sum {
-			e.value = nil
+			e.value, e.held = nil, false
 		}
 	}
 }
