@@ -120,8 +120,16 @@ func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
 	oldTop := topNames(w.live)
 
 	staged, err := w.stage(want)
+	if isNoSpace(err) && w.previous != "" {
+		// The previous version is kept only for readers still inside it; a version that
+		// cannot go live helps nobody. Make room and try again at once.
+		w.log.Warn("no space left on the target's file system; removing the previous version and trying again",
+			"version", w.previous)
+		w.pruneOlder(w.previous)
+		staged, err = w.stage(want)
+	}
 	if err != nil {
-		return err
+		return noSpace(err, w.absDir)
 	}
 	w.marked("staged")
 	if w.opts.Check != nil {
@@ -150,6 +158,12 @@ func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
 	// The new version is live: what follows is logged and retried, not returned, since the
 	// caller must learn that the files changed.
 	older := w.previous
+	if w.rebuild || len(w.fix) > 0 {
+		// The old version has modes or owners Options no longer ask for (a tighter --mode):
+		// it goes now rather than stay readable beside the new one.
+		w.pruneOlder(older)
+		older = w.version
+	}
 	w.previous, w.version = w.version, staged
 	w.live, w.fix, w.rebuild = want, make(map[string]bool), false
 	res.Changed = true
@@ -172,6 +186,9 @@ func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
 func (w *Writer) pruneOlder(older string) {
 	if older == "" {
 		return
+	}
+	if older == w.previous {
+		w.previous = ""
 	}
 	if err := w.root.RemoveAll(older); err != nil {
 		w.log.Error("cannot remove an old version", "version", older, "error", err)

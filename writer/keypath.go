@@ -30,8 +30,8 @@ const (
 // already clean (filepath.Clean(p) == p), and has no segment starting with "..", the
 // namespace this package reserves for its own entries (..data, version directories, temporary
 // files, the manifest). Rejected: the empty key, empty segments (leading, trailing or doubled
-// "/"), "." and ".." segments, segments starting with "..", NUL bytes, segments over 255 bytes
-// and paths over 4031 bytes.
+// "/"), "." and ".." segments, segments starting with "..", NUL bytes, segments over 255 bytes,
+// paths over 4031 bytes and keys of more than 64 levels (63 slashes).
 func KeyPath(key string) (string, error) {
 	if err := checkKey(key); err != nil {
 		return "", fmt.Errorf("key %q: %w", key, err)
@@ -48,6 +48,9 @@ func checkKey(key string) error {
 	}
 	if len(key) > maxPathLen {
 		return fmt.Errorf("path is %d bytes long, at most %d are allowed", len(key), maxPathLen)
+	}
+	if n := strings.Count(key, "/") + 1; n > maxDepth {
+		return fmt.Errorf("key has %d levels, at most %d are allowed", n, maxDepth)
 	}
 	for seg := range strings.SplitSeq(key, "/") {
 		switch {

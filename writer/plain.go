@@ -20,6 +20,8 @@ const (
 	// tmpPrefix starts the name of every temporary entry; keys cannot produce it, so whatever
 	// carries it is a leftover of ours.
 	tmpPrefix = "..tmp"
+	// manifestMode: the manifest names the keys, which only the owner needs to read.
+	manifestMode = 0o600
 )
 
 // errObstructed marks a file that cannot be written because something that is not ours is in
@@ -51,9 +53,33 @@ func (w *Writer) openPlain() error {
 	if err := w.cleanTemps(); err != nil {
 		return err
 	}
+	w.remodePlain()
 	// A crash between removing files and pruning their directories leaves them empty.
 	w.pruneDirs(slices.Collect(maps.Keys(w.dirs)), map[string]bool{})
 	return nil
+}
+
+// remodePlain gives the manifest and the directories we created the modes the current
+// Options ask for, so that after a restart with a tighter --mode nothing of ours stays more
+// readable (the files with a wrong mode are rewritten at the next Apply).
+func (w *Writer) remodePlain() {
+	if fi, err := w.root.Lstat(manifestName); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() != manifestMode {
+		if err := w.root.Chmod(manifestName, manifestMode); err != nil {
+			w.log.Error("cannot set the mode of the manifest", "error", err)
+		}
+	}
+	for d := range w.dirs {
+		fi, err := w.root.Lstat(d)
+		if err != nil || !fi.IsDir() || !w.wrongOwnerOrMode(fi, w.dirMode) {
+			continue
+		}
+		if err := w.root.Chmod(d, w.dirMode); err != nil {
+			w.log.Error("cannot set the mode of a directory", "path", d, "error", err)
+		}
+		if err := chown(w.root.Lstat, w.root.Lchown, d, w.opts.UID, w.opts.GID); err != nil {
+			w.log.Error("cannot set the owner of a directory", "path", d, "error", err)
+		}
+	}
 }
 
 // loadPlainFile hashes file p of the manifest if it is still a regular file of ours.
@@ -149,7 +175,7 @@ func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
 			continue
 		}
 		if err != nil {
-			return err
+			return noSpace(err, w.absDir)
 		}
 		res.Written++
 		w.marked("written")
@@ -362,7 +388,7 @@ func (w *Writer) saveManifest(files []string, dirs map[string]bool) error {
 		b.WriteString("f" + p + "\x00")
 	}
 	tmp := randomName(tmpPrefix)
-	if err := w.createFile(tmp, b.Bytes(), !w.opts.NoSync); err != nil {
+	if err := w.createFileMode(tmp, b.Bytes(), !w.opts.NoSync, manifestMode); err != nil {
 		return fmt.Errorf("writing the manifest: %w", err)
 	}
 	if err := w.root.Rename(tmp, manifestName); err != nil {

@@ -25,7 +25,7 @@ func TestPlainWritesFilesInPlace(t *testing.T) {
 	if os.SameFile(fi1, fi2) {
 		t.Error("cert.pem was modified in place, not replaced by a rename")
 	}
-	if got := names(t, dir); !slices.Equal(got, []string{"..etcd-config-dispenser.manifest", "cert.pem", "sub"}) {
+	if got := names(t, dir); !slices.Equal(got, []string{lockName, manifestName, "cert.pem", "sub"}) {
 		t.Errorf("target holds %v", got)
 	}
 }

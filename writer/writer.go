@@ -19,16 +19,21 @@
 package writer
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Change is the new state of one key. Key is relative to the mirrored prefix, as etcd spells it
@@ -102,6 +107,8 @@ type Writer struct {
 	dirMode os.FileMode
 	log     *slog.Logger
 	root    *os.Root
+	lock    *os.File // holds the flock on lockName while the writer is open
+	closed  bool
 	absDir  string
 
 	// The desired state: every accepted key, and for each directory the number of keys below
@@ -169,29 +176,37 @@ func Open(opts Options) (*Writer, error) {
 		dirMode: dirMode(opts.Mode),
 		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
 		absDir:  abs,
-		keys:    make(map[string]*entry),
-		below:   make(map[string]int),
-		live:    make(map[string][32]byte),
-		fix:     make(map[string]bool),
-		dirs:    make(map[string]bool),
 	}
-	if err := w.openDir(); err != nil {
+	if err := w.open(); err != nil {
 		return nil, err
 	}
-	if opts.Layout == Atomic {
+	w.log.Info("target opened", "files", len(w.live), "version", w.version)
+	return w, nil
+}
+
+// open does the work of Open on a fresh state; Apply calls it again when the target was
+// removed or replaced.
+func (w *Writer) open() error {
+	w.keys, w.below = make(map[string]*entry), make(map[string]int)
+	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
+	w.version, w.previous, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", "", false, false, nil, false
+	if err := w.openDir(); err != nil {
+		return err
+	}
+	var err error
+	if w.opts.Layout == Atomic {
 		err = w.openAtomic()
 	} else {
 		err = w.openPlain()
 	}
 	if err != nil {
-		w.root.Close()
-		return nil, err
+		w.release()
+		return err
 	}
 	for p, sum := range w.live {
 		w.putLive(p, sum)
 	}
-	w.log.Info("target opened", "files", len(w.live), "version", w.version)
-	return w, nil
+	return nil
 }
 
 // openDir creates the target directory if needed (0755, owned by UID:GID) and opens the root
@@ -216,7 +231,61 @@ func (w *Writer) openDir() error {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.root = root
+	if err := w.lockTarget(); err != nil {
+		w.root.Close()
+		w.root = nil
+		return err
+	}
 	return nil
+}
+
+// lockTarget takes an exclusive flock on lockName, so that two dispensers never work on one
+// target: each would remove the other's versions and links. The kernel drops the lock when
+// the holder exits, even by kill -9, so a stale lock file is harmless. The file holds the
+// holder's pid, for the error the next one gets.
+func (w *Writer) lockTarget() error {
+	f, err := w.root.OpenFile(lockName, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("writer: opening the lock file %s: %w", filepath.Join(w.absDir, lockName), err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("writer: locking %s: %w", filepath.Join(w.absDir, lockName), err)
+		}
+		pid := "unknown"
+		if b, err := io.ReadAll(io.LimitReader(f, 32)); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			pid = string(bytes.TrimSpace(b))
+		}
+		return fmt.Errorf("writer: target %s is in use by another etcd-config-dispenser (pid %s); "+
+			"stop it or choose another target", w.absDir, pid)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		if err != nil {
+			w.log.Warn("cannot write our pid into the lock file", "error", err)
+		}
+	}
+	w.lock = f
+	return nil
+}
+
+// reopenIfGone notices a target directory that was removed or replaced since Open (its path
+// no longer leads to the directory we hold) and opens the one at the path, creating it if
+// needed, with its lock. It reports whether it did: the model then holds only what is in
+// the new directory, and only a Full batch can fill it.
+func (w *Writer) reopenIfGone() (bool, error) {
+	held, herr := w.root.Stat(".")
+	now, nerr := os.Stat(w.absDir)
+	if herr == nil && nerr == nil && os.SameFile(held, now) {
+		return false, nil
+	}
+	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
+	w.release()
+	if err := w.open(); err != nil {
+		return true, err
+	}
+	return true, nil
 }
 
 // checkPrivate refuses a target that another user could write to: such a
@@ -243,10 +312,14 @@ func checkPrivate(dir string) error {
 	return nil
 }
 
-// dirMode is the mode for directories holding files of mode m: x added wherever r is set, so
-// that whoever may read the files may also reach them (0600 -> 0700, 0644 -> 0755).
+// dirMode is the mode for directories holding files of mode m: always rwx for the owner, the
+// writer, whatever m says (0400 or 0200 would lock it out of its own directories), and r-x for
+// group and others where m lets them read. Directories are never writable by others, since
+// only the writer creates entries in them (0600 -> 0700, 0644 -> 0755, 0440 -> 0750,
+// 0200 -> 0700, 0664 -> 0755).
 func dirMode(m os.FileMode) os.FileMode {
-	return m | (m&0o444)>>2
+	r := m & 0o044
+	return 0o700 | r | r>>2
 }
 
 // Apply makes the target show the model after batch b, and reports what changed.
@@ -302,8 +375,18 @@ func dirMode(m os.FileMode) os.FileMode {
 // Apply is not safe for concurrent use.
 func (w *Writer) Apply(b Batch) (Result, error) {
 	var res Result
-	if w.root == nil {
+	if w.closed {
 		return res, errors.New("writer: Apply after Close")
+	}
+	if w.root == nil { // a reopen failed: try again
+		if err := w.open(); err != nil {
+			return res, fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", b.Revision, w.absDir, err)
+		}
+	} else if reopened, err := w.reopenIfGone(); err != nil {
+		return res, fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", b.Revision, w.absDir, err)
+	} else if reopened && !b.Full {
+		return res, fmt.Errorf("applying revision %d: the target %s was removed or replaced; it was recreated, "+
+			"and the next full sync fills it", b.Revision, w.absDir)
 	}
 	res.Skipped = w.fold(b)
 	want := w.desiredTree()
@@ -331,13 +414,22 @@ func (w *Writer) Files() map[string][32]byte {
 	return maps.Clone(w.live)
 }
 
-// Close releases the target directory. The files stay.
+// Close releases the target directory and its lock. The files stay.
 func (w *Writer) Close() error {
-	if w.root == nil {
-		return nil
+	w.closed = true
+	return w.release()
+}
+
+func (w *Writer) release() error {
+	var err error
+	if w.root != nil {
+		err = w.root.Close()
+		w.root = nil
 	}
-	err := w.root.Close()
-	w.root = nil
+	if w.lock != nil {
+		err = errors.Join(err, w.lock.Close())
+		w.lock = nil
+	}
 	return err
 }
 

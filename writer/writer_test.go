@@ -29,7 +29,7 @@ func TestAtomicFullSyncCreatesLayout(t *testing.T) {
 	}
 	assertTree(t, "visible", visible(t, dir), want)
 	assertFiles(t, w, want)
-	if got := names(t, dir); len(got) != 4 { // ..data, the version, cert.pem, sub
+	if got := names(t, dir); len(got) != 5 { // ..data, the version, the lock, cert.pem, sub
 		t.Errorf("target holds %v", got)
 	}
 }
@@ -311,7 +311,7 @@ func TestAtomicOpenCleansLeftovers(t *testing.T) {
 
 	w = openAt(t, Options{Dir: dir, UID: -1, GID: -1})
 	got := names(t, dir)
-	want := []string{"..data", "..someone-elses", live, "a"}
+	want := []string{"..data", "..someone-elses", lockName, live, "a"}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("after Open: %v, want %v", got, want)
