@@ -17,9 +17,11 @@ const (
 	// maxPathLen is the longest relative path a key may map to: PATH_MAX (4096, counting the
 	// terminating NUL) minus stagingRoom.
 	maxPathLen = 4096 - 1 - stagingRoom
-	// maxDepth is the most segments a key may have. Deeper keys cost the file system a walk
-	// per level for nothing a configuration needs, so they are skipped like other unsafe keys.
-	maxDepth = 64
+	// maxDepth is the most segments a key may have. In the Atomic layout each directory level
+	// is a symlink to a shared directory object, and Linux follows at most 40 symlinks in one
+	// path lookup (the top-level link and ..data take two); no configuration needs more, and
+	// deeper keys would cost a walk per level, so they are skipped like other unsafe keys.
+	maxDepth = 32
 )
 
 // KeyPath maps a key (relative to the mirrored prefix, "/"-separated as etcd spells it) to the
@@ -31,7 +33,7 @@ const (
 // namespace this package reserves for its own entries (..data, version directories, temporary
 // files, the manifest). Rejected: the empty key, empty segments (leading, trailing or doubled
 // "/"), "." and ".." segments, segments starting with "..", NUL bytes, segments over 255 bytes,
-// paths over 4031 bytes and keys of more than 64 levels (63 slashes).
+// paths over 4031 bytes and keys of more than 32 levels (31 slashes).
 func KeyPath(key string) (string, error) {
 	if err := checkKey(key); err != nil {
 		return "", fmt.Errorf("key %q: %w", key, err)

@@ -136,13 +136,12 @@ func (w *Writer) cleanTemps() error {
 }
 
 // applyPlain is steps 3 to 9 of Apply for the Plain layout.
-func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
-	write, remove := w.diff(want)
+func (w *Writer) applyPlain(write, remove []string, res *Result) (err error) {
 	if len(write) == 0 && len(remove) == 0 && !w.manifestStale {
 		return nil
 	}
 	if w.opts.Check != nil && (len(write) > 0 || len(remove) > 0) {
-		if err := w.checkPlain(want); err != nil {
+		if err := w.checkPlain(w.desiredTree()); err != nil {
 			return err
 		}
 	}
@@ -168,8 +167,9 @@ func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
 	}
 	w.pruneDirs(emptiedDirs(remove, write), touched)
 	for _, p := range write {
-		err := w.writePlain(p, want[p], touched)
+		err := w.writePlain(p, w.keys[p].sum, touched)
 		if errors.Is(err, errObstructed) {
+			w.obstructed = append(w.obstructed, p) // tried again at every Apply
 			w.log.Error("key skipped", "reason", err.Error())
 			res.Skipped++
 			continue

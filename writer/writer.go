@@ -14,6 +14,10 @@
 //   - A batch that leaves the tree (paths and content) as it was changes nothing on disk and
 //     reports Changed=false, so the caller signals its child only on a real change.
 //
+// Cost: an Apply costs what it changes, not what exists. Only the paths a batch touches are
+// compared, and in the Atomic layout a version shares every directory off the changed paths
+// with the previous one (see atomic.go); the Plain layout writes each changed file in place.
+//
 // Memory: the writer keeps a sha256 per key, not the values, except for the few values it
 // cannot read back from disk (keys shadowed by a directory, and changes not yet published).
 package writer
@@ -115,6 +119,10 @@ type Writer struct {
 	// it. A key with keys below it is shadowed: the directory wins.
 	keys  map[string]*entry
 	below map[string]int
+	// dirty holds the paths whose desired state may differ from the live one: those a batch
+	// touched, and those to rewrite. Only they are compared, so a change costs what changed.
+	// It is cleared once an Apply succeeded.
+	dirty map[string]struct{}
 
 	// The published state: relative path -> sha256 of the files now live, and those of them
 	// whose mode or owner differ from Options (found at Open; they get rewritten).
@@ -122,14 +130,16 @@ type Writer struct {
 	fix  map[string]bool
 
 	// Atomic layout.
-	version  string          // the version directory ..data points at; "" before the first
-	previous string          // the version before it, kept for readers still inside it
-	rebuild  bool            // the live version holds junk or wrong directory modes
-	relink   bool            // check every top-level link at the next Apply
-	unlinked map[string]bool // top-level names taken by an entry that is not ours
+	version  string            // the root directory object ..data points at; "" before the first
+	dirObj   map[string]string // directory path of the live tree ("" for its root) -> its object
+	retired  []string          // objects of the previous version only, kept for readers still inside it
+	rebuild  bool              // the live version holds junk or wrong directory modes
+	relink   bool              // check every top-level link at the next Apply
+	unlinked map[string]bool   // top-level names taken by an entry that is not ours
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
+	obstructed    []string        // paths a foreign entry kept us from writing: still dirty
 	manifestStale bool            // the manifest on disk differs from live and dirs
 
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
@@ -187,9 +197,10 @@ func Open(opts Options) (*Writer, error) {
 // open does the work of Open on a fresh state; Apply calls it again when the target was
 // removed or replaced.
 func (w *Writer) open() error {
-	w.keys, w.below = make(map[string]*entry), make(map[string]int)
+	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
-	w.version, w.previous, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", "", false, false, nil, false
+	w.dirObj, w.retired = make(map[string]string), nil
+	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
 	if err := w.openDir(); err != nil {
 		return err
 	}
@@ -205,6 +216,10 @@ func (w *Writer) open() error {
 	}
 	for p, sum := range w.live {
 		w.putLive(p, sum)
+	}
+	clear(w.dirty)
+	for p := range w.fix {
+		w.dirty[p] = struct{}{}
 	}
 	return nil
 }
@@ -324,22 +339,28 @@ func dirMode(m os.FileMode) os.FileMode {
 
 // Apply makes the target show the model after batch b, and reports what changed.
 //
-//  1. Fold the batch into the model of desired keys (fold). Keys that do not map to a safe
-//     path are skipped and logged; the value of a key that a new key below it shadows is
-//     remembered, so the key can reappear when its children are gone.
-//  2. Compute the desired tree (desiredTree): every key with no key below it (the directory
-//     wins), as path -> sha256. The choice depends on the whole model, never on event order.
-//  3. Compare it with the live tree (diff). If they are equal, nothing is written and
+//  0. If the target directory was removed or replaced, open it again, creating it
+//     (reopenIfGone); only a Full batch can fill it, so any other batch fails.
+//  1. Fold the batch into the model of desired keys (fold), marking the paths it touches
+//     dirty. Keys that do not map to a safe path are skipped and logged; the value of a key
+//     that a new key below it shadows is remembered, so the key can reappear when its
+//     children are gone.
+//  2. For each dirty path only, decide whether a file belongs there: a key with no key
+//     below it (the directory wins). The choice depends on the whole model, never on event
+//     order.
+//  3. Compare with the live file (changes). If nothing differs, nothing is written and
 //     Changed is false; with the Atomic layout, missing or stale top-level links are still
 //     healed after Open.
 //
 // The Atomic layout then (applyAtomic):
 //
-//  4. Stage the complete new tree in a fresh version directory named after the time
-//     (stage): unchanged files are hard-linked from the live version, changed ones written
-//     with Mode and owner, directories created with dirMode(Mode).
-//  5. Call Options.Check on the staged directory; an error discards it and keeps the old
-//     version live.
+//  4. Stage the new version (stage): a new directory object for each directory that holds
+//     a changed path and for those above it, up to a new root; unchanged files in them are
+//     hard-linked from the live object, changed ones written with Mode and owner, and
+//     subdirectories off the changed paths are symlinks to their live, shared objects. On a
+//     full disk, the previous version's objects are removed and the stage tried again.
+//  5. Call Options.Check on the staged root; an error discards the new objects and keeps
+//     the old version live.
 //  6. Sync the file system (syncAll: one syncfs), so the new version is durable before it is
 //     visible. Skipped with NoSync.
 //  7. Link each new top-level name, name -> ..data/name (linkNew), then point the symlink
@@ -350,8 +371,9 @@ func dirMode(m os.FileMode) os.FileMode {
 //  8. Sync the target directory (syncDir), so the rename itself survives a crash.
 //  9. Remove our links for top-level names that are gone (unlinkGone, or relinkAll after
 //     Open, which also checks every link).
-//  10. Delete the version before the previous one (pruneOlder). The previous one stays, so a
-//     reader that resolved into it just before the swap can finish.
+//  10. Delete the objects only the version before the previous one reached (removeObjects).
+//     The previous version stays whole, so a reader that resolved into it just before the
+//     swap can finish; after a tighter Mode, it goes at once.
 //
 // The Plain layout then (applyPlain):
 //
@@ -388,18 +410,24 @@ func (w *Writer) Apply(b Batch) (Result, error) {
 		return res, fmt.Errorf("applying revision %d: the target %s was removed or replaced; it was recreated, "+
 			"and the next full sync fills it", b.Revision, w.absDir)
 	}
+	w.obstructed = w.obstructed[:0]
 	res.Skipped = w.fold(b)
-	want := w.desiredTree()
+	write, remove := w.changes()
 	var err error
 	if w.opts.Layout == Atomic {
-		err = w.applyAtomic(want, &res)
+		err = w.applyAtomic(write, remove, &res)
 	} else {
-		err = w.applyPlain(want, &res)
+		err = w.applyPlain(write, remove, &res)
 	}
 	if err != nil {
 		return res, fmt.Errorf("applying revision %d: %w", b.Revision, err)
 	}
 	w.forget()
+	clear(w.dirty)
+	for _, p := range w.obstructed {
+		w.dirty[p] = struct{}{}
+	}
+	w.obstructed = w.obstructed[:0]
 	if res.Changed {
 		w.log.Info("batch applied", "revision", b.Revision, "written", res.Written,
 			"removed", res.Removed, "skipped", res.Skipped, "version", w.version)
@@ -436,6 +464,9 @@ func (w *Writer) release() error {
 // fold is step 1: it applies the changes to the model and returns how many keys it skipped.
 func (w *Writer) fold(b Batch) (skipped int) {
 	if b.Full {
+		for p := range w.live {
+			w.dirty[p] = struct{}{}
+		}
 		w.keys = make(map[string]*entry, len(b.Changes))
 		w.below = make(map[string]int)
 	}
@@ -447,6 +478,7 @@ func (w *Writer) fold(b Batch) (skipped int) {
 			skipped++
 			continue
 		}
+		w.dirty[p] = struct{}{}
 		if c.Delete {
 			w.remove(p)
 			delete(put, p)
@@ -489,6 +521,7 @@ func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
 	forParents(p, func(d string) {
 		w.below[d]++
 		if w.below[d] == 1 {
+			w.dirty[d] = struct{}{} // a key there is hidden now
 			w.shadow(d)
 		}
 	})
@@ -524,10 +557,30 @@ func (w *Writer) remove(p string) {
 func (w *Writer) decBelow(d string) {
 	if w.below[d]--; w.below[d] <= 0 {
 		delete(w.below, d)
+		w.dirty[d] = struct{}{} // a key there shows again
 	}
 }
 
-// desiredTree is step 2.
+// changes is steps 2 and 3: of the dirty paths, those to write (new, changed, or with a wrong
+// mode or owner) and those to remove, both sorted. A path is desired when a key maps to it
+// and no key lies below it (the directory wins), so the choice depends on the whole model,
+// never on event order.
+func (w *Writer) changes() (write, remove []string) {
+	for p := range w.dirty {
+		if e, ok := w.keys[p]; ok && w.below[p] == 0 {
+			if old, ok := w.live[p]; !ok || old != e.sum || w.fix[p] {
+				write = append(write, p)
+			}
+		} else if _, ok := w.live[p]; ok {
+			remove = append(remove, p)
+		}
+	}
+	slices.Sort(write)
+	slices.Sort(remove)
+	return write, remove
+}
+
+// desiredTree is the whole desired tree, path -> sha256, for Check in the Plain layout.
 func (w *Writer) desiredTree() map[string][32]byte {
 	t := make(map[string][32]byte, len(w.keys))
 	for p, e := range w.keys {
@@ -538,24 +591,6 @@ func (w *Writer) desiredTree() map[string][32]byte {
 	return t
 }
 
-// diff is step 3: the paths to write (new, changed, or with a wrong mode or owner) and the
-// paths to remove, both sorted.
-func (w *Writer) diff(want map[string][32]byte) (write, remove []string) {
-	for p, sum := range want {
-		if old, ok := w.live[p]; !ok || old != sum || w.fix[p] {
-			write = append(write, p)
-		}
-	}
-	for p := range w.live {
-		if _, ok := want[p]; !ok {
-			remove = append(remove, p)
-		}
-	}
-	slices.Sort(write)
-	slices.Sort(remove)
-	return write, remove
-}
-
 // content returns the bytes of desired file p: the remembered value, or the live file.
 func (w *Writer) content(p string) ([]byte, error) {
 	if e := w.keys[p]; e.held {
@@ -564,10 +599,11 @@ func (w *Writer) content(p string) ([]byte, error) {
 	return w.readLive(p)
 }
 
-// forget drops the values that are now live on disk and not shadowed.
+// forget drops the values of the dirty paths that are now live on disk and not shadowed.
 func (w *Writer) forget() {
-	for p, e := range w.keys {
-		if !e.held || w.below[p] > 0 {
+	for p := range w.dirty {
+		e, ok := w.keys[p]
+		if !ok || !e.held || w.below[p] > 0 {
 			continue
 		}
 		if sum, ok := w.live[p]; ok && sum == e.sum {

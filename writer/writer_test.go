@@ -29,7 +29,7 @@ func TestAtomicFullSyncCreatesLayout(t *testing.T) {
 	}
 	assertTree(t, "visible", visible(t, dir), want)
 	assertFiles(t, w, want)
-	if got := names(t, dir); len(got) != 5 { // ..data, the version, the lock, cert.pem, sub
+	if got := names(t, dir); len(got) != 7 { // ..data, objects for /, sub and sub/dir, the lock, cert.pem, sub
 		t.Errorf("target holds %v", got)
 	}
 }
@@ -395,7 +395,7 @@ func TestModeAndOwnerAreApplied(t *testing.T) {
 
 func checkOwnerMode(t *testing.T, name string, mode os.FileMode, uid, gid int) {
 	t.Helper()
-	fi, err := os.Lstat(name)
+	fi, err := os.Stat(name) // a subdirectory of a version is a symlink to its object
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,4 +543,41 @@ func TestOpenRefusesATargetOthersCanWrite(t *testing.T) {
 			t.Errorf("mode %v: Open error %v, want a refusal that names the fix", mode, err)
 		}
 	}
+}
+
+// A change makes new directory objects only on its path; every other directory is shared
+// with the previous version, and its files are the same inodes.
+func TestAtomicChangeSharesUnchangedDirectories(t *testing.T) {
+	w, dir := open(t, Atomic)
+	mustApply(t, w, full(1, tree{"top": "T", "d1/a": "A", "d1/deep/b": "B", "d2/c": "C", "d2/x/y/z": "Z"}))
+	link := func(p string) string {
+		t.Helper()
+		target, err := os.Readlink(filepath.Join(dir, "..data", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return target
+	}
+	objects := func() int {
+		n := 0
+		for _, name := range names(t, dir) {
+			if versionName.MatchString(name) {
+				n++
+			}
+		}
+		return n
+	}
+	d2, x, deep, before := link("d2"), link("d2/x"), link("d1/deep"), objects()
+	fiC, _ := os.Stat(filepath.Join(dir, "d2/c"))
+	mustApply(t, w, batch(2, put("d1/a", "A2")))
+	if link("d2") != d2 || link("d2/x") != x || link("d1/deep") != deep {
+		t.Error("a directory off the changed path got a new object")
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "d2/c")); !os.SameFile(fi, fiC) {
+		t.Error("a file off the changed path was copied")
+	}
+	if got := objects() - before; got != 2 { // new objects for / and d1; the old ones stay
+		t.Errorf("%d new directory objects for a change in d1, want 2", got)
+	}
+	assertTree(t, "visible", visible(t, dir), tree{"top": "T", "d1/a": "A2", "d1/deep/b": "B", "d2/c": "C", "d2/x/y/z": "Z"})
 }
