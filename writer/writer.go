@@ -140,7 +140,9 @@ type Writer struct {
 	// Plain layout.
 	dirs          map[string]bool // directories we created
 	obstructed    []string        // paths a foreign entry kept us from writing: still dirty
-	manifestStale bool            // the manifest on disk differs from live and dirs
+	manifestStale bool            // the manifest on disk must be rewritten whole
+	journal       []byte          // records not yet appended to the manifest
+	records       int             // records in the manifest file, for its compaction
 
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
 	// target directory there to see what a kill -9 at that moment would leave.
@@ -385,7 +387,8 @@ func dirMode(m os.FileMode) os.FileMode {
 //  7. Remove directories we created that are now empty (pruneDirs), then write each changed
 //     file: temporary file in the same directory, fsync, rename (writePlain).
 //  8. Sync the directories touched (syncDirs).
-//  9. Write the manifest of what we own, if that changed (saveManifest).
+//  9. Append what changed in what we own to the manifest, a journal, or rewrite it whole
+//     once its records outnumber twice what we own (flushManifest).
 //
 // Finally, values no longer needed are dropped (forget).
 //
