@@ -13,6 +13,13 @@
 //     the leftovers and the next Full batch converges.
 //   - A batch that leaves the tree (paths and content) as it was changes nothing on disk and
 //     reports Changed=false, so the caller signals its child only on a real change.
+//   - With the Atomic layout, every key of the live version is reachable by its path from the
+//     target at every instant: new top-level names are linked before the swap.
+//   - One writer per target: Open takes an flock on ..etcd-config-dispenser.lock and refuses a
+//     target another process holds, naming its pid. A removed target is recreated at the
+//     next Apply.
+//   - An empty (or nil) value is an empty file; files get exactly Options.Mode, and nothing
+//     older stays more readable than it once a batch has been applied.
 //
 // Cost: an Apply costs what it changes, not what exists. Only the paths a batch touches are
 // compared, and in the Atomic layout a version shares every directory off the changed paths
