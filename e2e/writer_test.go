@@ -140,3 +140,25 @@ func TestNonRootWritesWithEveryMode(t *testing.T) {
 		})
 	}
 }
+
+// A target removed while the dispenser runs is recreated at the next change and filled by the
+// resync that follows; the child is signalled for it.
+func TestRemovedTargetIsRecreatedAtTheNextChange(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	txn(t, c, "/p/a", "A", "/p/sub/b", "B")
+	d := start(t, e, "reader", "--prefix=/p")
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
+	if err := os.RemoveAll(d.target); err != nil {
+		t.Fatal(err)
+	}
+	txn(t, c, "/p/c", "C")
+	want := map[string]string{"a": "A", "sub/b": "B", "c": "C"}
+	etcdtest.Eventually(t, 30*time.Second, equalTree(t, d.target, want))
+	d.waitEvent("the recreated target", func(ev event) bool {
+		return ev.What == "hangup" && fmt.Sprint(ev.Files) == fmt.Sprint(want)
+	})
+	if lines := d.stderr.lines("removed or replaced"); len(lines) == 0 {
+		t.Errorf("no log line says the target was removed:\n%s", d.stderr.String())
+	}
+}
