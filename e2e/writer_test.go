@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -160,5 +161,53 @@ func TestRemovedTargetIsRecreatedAtTheNextChange(t *testing.T) {
 	})
 	if lines := d.stderr.lines("removed or replaced"); len(lines) == 0 {
 		t.Errorf("no log line says the target was removed:\n%s", d.stderr.String())
+	}
+}
+
+// On a full disk the dispenser removes the previous version, applies at once, and says "no
+// space left" (an etcd problem it is not).
+func TestDiskFullIsNamedAndThePreviousVersionMakesRoom(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	e := etcdtest.Start(t)
+	c := e.Client()
+	value := func(ch string) string { return strings.Repeat(ch, 200_000) }
+	txn(t, c, "/p/a", value("1"), "/p/b", value("1"))
+	d := startAs(t, e, runOpts{Target: filepath.Join(mnt, "config")}, "reader", "--prefix=/p")
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
+	for _, v := range []string{"2", "3", "4"} {
+		txn(t, c, "/p/a", value(v), "/p/b", value(v))
+		want := fmt.Sprint(map[string]string{"a": "200000×" + v, "b": "200000×" + v})
+		etcdtest.Eventually(t, 30*time.Second, func() error {
+			files, err := readTree(d.target, d.target)
+			got := map[string]string{} // sizes and contents, not 200 KB values, in a failure
+			for k, f := range files {
+				c := "mixed"
+				if f != "" && strings.Count(f, f[:1]) == len(f) {
+					c = f[:1]
+				}
+				got[k] = fmt.Sprintf("%d×%s", len(f), c)
+			}
+			if err == nil && fmt.Sprint(got) != want {
+				err = fmt.Errorf("target has %v, want %v", got, want)
+			}
+			return err
+		})
+	}
+	if lines := d.stderr.lines("no space left"); len(lines) == 0 {
+		t.Errorf("no log line says no space left:\n%s", d.stderr.String())
+	}
+	if lines := d.stderr.lines("level=ERROR"); len(lines) > 0 {
+		t.Errorf("errors logged although every version fit once the previous one was gone:\n%s", strings.Join(lines, "\n"))
 	}
 }
