@@ -581,3 +581,45 @@ func TestAtomicChangeSharesUnchangedDirectories(t *testing.T) {
 	}
 	assertTree(t, "visible", visible(t, dir), tree{"top": "T", "d1/a": "A2", "d1/deep/b": "B", "d2/c": "C", "d2/x/y/z": "Z"})
 }
+
+// A target written by an earlier release (versions with real subdirectories) is taken over:
+// the first batch rebuilds it in shared directory objects and the old version goes.
+func TestAtomicVersionWithRealSubdirectoriesIsRebuilt(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "target")
+	old := "..2025_01_01_00_00_00.000000000"
+	want := tree{"a": "A", "sub/b": "B", "sub/deep/c": "C"}
+	for p, v := range want {
+		writeFile(t, filepath.Join(dir, old, p), v)
+	}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if d.IsDir() {
+			os.Chmod(p, 0o700)
+		} else {
+			os.Chmod(p, 0o600)
+		}
+		return err
+	})
+	for _, l := range [][2]string{{old, "..data"}, {"..data/a", "a"}, {"..data/sub", "sub"}} {
+		if err := os.Symlink(l[0], filepath.Join(dir, l[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	assertFiles(t, w, want)
+	if res := mustApply(t, w, full(1, want)); !res.Changed {
+		t.Errorf("Result = %+v, want the version rebuilt", res)
+	}
+	assertTree(t, "visible", visible(t, dir), want)
+	if _, err := os.Lstat(filepath.Join(dir, old)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old version stayed: %v", err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "..data", "sub")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("..data/sub is not a link to a shared directory: %v", err)
+	}
+	if res := mustApply(t, w, full(2, want)); res.Changed {
+		t.Errorf("again: %+v, want no change", res)
+	}
+	mustApply(t, w, batch(3, put("sub/deep/c", "C3")))
+	want["sub/deep/c"] = "C3"
+	assertTree(t, "after a change", visible(t, dir), want)
+}
