@@ -9,8 +9,11 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -323,7 +326,15 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	}
 	dirs := slices.Collect(maps.Keys(st.edited))
 	slices.SortFunc(dirs, func(a, b string) int { return depth(b) - depth(a) })
-	for _, d := range dirs {
+	// The objects of one depth are independent of each other (a symlink names an object of
+	// the depth below, already made), so each depth is filled at once, on every core.
+	var level []*object
+	defer func() {
+		for _, o := range level {
+			o.close()
+		}
+	}()
+	for i, d := range dirs {
 		entries, err := w.entries(d) // name -> is a directory
 		if err != nil {
 			return st, err
@@ -350,11 +361,23 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		}
 		if d == "" {
 			st.newTop = boolKeys(entries)
-		} else if len(entries) == 0 {
-			continue
 		}
-		if err := w.makeObject(st, d, entries, files[d]); err != nil {
-			return st, err
+		if d == "" || len(entries) > 0 {
+			o, err := w.newObject(st, d, entries, files[d])
+			if err != nil {
+				return st, err
+			}
+			level = append(level, o)
+		}
+		if i+1 == len(dirs) || depth(dirs[i+1]) != depth(d) {
+			err := w.fill(st, level)
+			for _, o := range level {
+				o.close()
+			}
+			level = level[:0]
+			if err != nil {
+				return st, err
+			}
 		}
 	}
 	return st, nil
@@ -380,50 +403,114 @@ func (w *Writer) entries(d string) (map[string]bool, error) {
 	return entries, nil
 }
 
-// makeObject creates the new object of directory d with the given entries.
-func (w *Writer) makeObject(st *staging, d string, entries, written map[string]bool) error {
-	obj, err := w.newVersionDir()
-	if err != nil {
-		return err
+// object is a new directory object being filled.
+type object struct {
+	dir, name string
+	to, from  *os.File        // the new object, and the live one of the same directory (or nil)
+	entries   map[string]bool // name -> is a subdirectory
+	written   map[string]bool // names whose content changed
+}
+
+func (o *object) close() {
+	o.to.Close()
+	if o.from != nil {
+		o.from.Close()
 	}
-	st.objs[d] = obj
-	to, err := w.root.Open(obj)
+}
+
+// newObject creates the empty object of directory d and opens it, with its live object.
+func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
+	name, err := w.newVersionDir()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer to.Close()
-	var from int = -1
+	st.objs[d] = name
+	o := &object{dir: d, name: name, entries: entries, written: written}
+	if o.to, err = w.root.Open(name); err != nil {
+		return nil, err
+	}
 	if old, ok := w.dirObj[d]; ok {
-		f, err := w.root.Open(old)
+		if o.from, err = w.root.Open(old); err != nil {
+			o.to.Close()
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// fill puts their entries into the objects of one depth: a symlink per subdirectory, a hard
+// link per unchanged file, a new file per changed one. Many entries are shared out between
+// one goroutine per core; os.Root and the descriptors are safe for that.
+func (w *Writer) fill(st *staging, objs []*object) error {
+	type job struct {
+		o    *object
+		name string
+	}
+	var jobs []job
+	for _, o := range objs {
+		for _, name := range slices.Sorted(maps.Keys(o.entries)) {
+			jobs = append(jobs, job{o, name})
+		}
+	}
+	workers := 1
+	if len(jobs) >= 512 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	var (
+		next     atomic.Int64
+		firstErr error
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(jobs) {
+					return
+				}
+				if err := w.makeEntry(st, jobs[i].o, jobs[i].name); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					next.Store(int64(len(jobs))) // the others stop too
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// makeEntry creates one entry of object o.
+func (w *Writer) makeEntry(st *staging, o *object, name string) error {
+	p := path.Join(o.dir, name)
+	to := int(o.to.Fd())
+	switch {
+	case o.entries[name]:
+		child, ok := st.objs[p]
+		if !ok {
+			child = w.dirObj[p]
+		}
+		if err := unix.Symlinkat("../"+child, to, name); err != nil {
+			return fmt.Errorf("linking %s in %s: %w", name, o.name, err)
+		}
+	case o.written[name] || o.from == nil || unix.Linkat(int(o.from.Fd()), name, to, name, 0) != nil:
+		// New or changed content (or a hard link that failed: too many links...).
+		data, err := w.content(p)
 		if err != nil {
+			return fmt.Errorf("staging %s: %w", p, err)
+		}
+		if err := w.createFileAt(o.to, o.name, name, data); err != nil {
 			return err
 		}
-		defer f.Close()
-		from = int(f.Fd())
 	}
-	for _, name := range slices.Sorted(maps.Keys(entries)) {
-		p := path.Join(d, name)
-		switch {
-		case entries[name]:
-			child, ok := st.objs[p]
-			if !ok {
-				child = w.dirObj[p]
-			}
-			if err := unix.Symlinkat("../"+child, int(to.Fd()), name); err != nil {
-				return fmt.Errorf("linking %s in %s: %w", name, obj, err)
-			}
-		case written[name] || from < 0 || unix.Linkat(from, name, int(to.Fd()), name, 0) != nil:
-			// New or changed content (or a hard link that failed: too many links...).
-			data, err := w.content(p)
-			if err != nil {
-				return fmt.Errorf("staging %s: %w", p, err)
-			}
-			if err := w.createFile(obj+"/"+name, data, false); err != nil {
-				return err
-			}
-		}
-		w.marked("staging")
-	}
+	w.marked("staging")
 	return nil
 }
 

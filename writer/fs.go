@@ -22,6 +22,28 @@ func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error)
 	return w.createFileMode(name, data, syncFile, w.opts.Mode)
 }
 
+// createFileAt is createFile for a single name in the open directory dir (one openat(2),
+// no walk from the root); dirName is for errors. O_NOFOLLOW and O_EXCL: nothing there is
+// followed or reused.
+func (w *Writer) createFileAt(dir *os.File, dirName, name string, data []byte) (err error) {
+	full := dirName + "/" + name
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC,
+		uint32(w.opts.Mode))
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", full, err)
+	}
+	f := os.NewFile(uintptr(fd), full)
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("writing %s: %w", full, cerr)
+		}
+		if err != nil {
+			unix.Unlinkat(int(dir.Fd()), name, 0)
+		}
+	}()
+	return w.fillFile(f, full, data, false)
+}
+
 // createFileMode is createFile with another mode, for our own files (the manifest).
 func (w *Writer) createFileMode(name string, data []byte, syncFile bool, mode os.FileMode) (err error) {
 	f, err := w.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
@@ -36,6 +58,15 @@ func (w *Writer) createFileMode(name string, data []byte, syncFile bool, mode os
 			w.root.Remove(name)
 		}
 	}()
+	return w.fillFileMode(f, name, data, syncFile, mode)
+}
+
+// fillFile writes data to the new file f and gives it Mode and the owner from Options.
+func (w *Writer) fillFile(f *os.File, name string, data []byte, syncFile bool) error {
+	return w.fillFileMode(f, name, data, syncFile, w.opts.Mode)
+}
+
+func (w *Writer) fillFileMode(f *os.File, name string, data []byte, syncFile bool, mode os.FileMode) error {
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("writing %s: %w", name, err)
 	}

@@ -42,6 +42,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -153,7 +154,8 @@ type Writer struct {
 
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
 	// target directory there to see what a kill -9 at that moment would leave.
-	step func(name string)
+	step   func(name string)
+	stepMu sync.Mutex
 }
 
 // entry is one key of the model. value is kept only while the key is shadowed or its content
@@ -642,6 +644,8 @@ func topName(p string) string {
 // marked calls the test hook of the named step.
 func (w *Writer) marked(step string) {
 	if w.step != nil {
+		w.stepMu.Lock() // staging may run on several goroutines
+		defer w.stepMu.Unlock()
 		w.step(step)
 	}
 }
