@@ -511,19 +511,24 @@ func (e *env) sameAsEtcd(prefix, target string) error {
 		root = filepath.Join(target, "..data") + "/"
 	}
 	n := 0
-	err = filepath.WalkDir(root, func(p string, de os.DirEntry, err error) error {
-		switch {
-		case err != nil:
-			return err
-		case p != root && strings.HasPrefix(de.Name(), ".."):
-			if de.IsDir() {
-				return filepath.SkipDir
+	// Subdirectories of an atomic version are symlinks to shared directories: followed.
+	var count func(dir string) error
+	count = func(dir string) error {
+		entries, err := os.ReadDir(dir)
+		for _, de := range entries {
+			if err != nil || strings.HasPrefix(de.Name(), "..") {
+				continue
 			}
-		case !de.IsDir():
-			n++
+			var fi os.FileInfo
+			if fi, err = os.Stat(filepath.Join(dir, de.Name())); err == nil && fi.IsDir() {
+				err = count(filepath.Join(dir, de.Name()))
+			} else if err == nil {
+				n++
+			}
 		}
-		return nil
-	})
+		return err
+	}
+	err = count(root)
 	if err != nil || n != len(resp.Kvs) {
 		return fmt.Errorf("the target has %d files, etcd %d keys (%v)", n, len(resp.Kvs), err)
 	}

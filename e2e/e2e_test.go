@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -337,17 +336,9 @@ func readConsistent(target string) map[string]string {
 			}
 			return files
 		}
+		// Subdirectories of a version are symlinks to shared directory objects: followed.
 		dir := filepath.Join(target, before)
-		files := map[string]string{}
-		err = filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
-			if err != nil || de.IsDir() {
-				return err
-			}
-			b, err := os.ReadFile(p)
-			rel, _ := filepath.Rel(dir, p)
-			files[rel] = string(b)
-			return err
-		})
+		files, err := readTree(dir, dir)
 		after, _ := os.Readlink(filepath.Join(target, "..data"))
 		if err == nil && after == before {
 			return files

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -112,16 +111,6 @@ func TestTemplateFailureKeepsTheOldFile(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
-}
-
 // Real nginx started on a rendered config, the obvious --check-cmd 'nginx -t -c {{staged}}'
 // checking each new rendering: a good change reaches nginx after its SIGHUP, a broken one is
 // refused and nginx keeps serving the old one.
@@ -131,7 +120,7 @@ func TestNginxOnARenderedConfigCheckedWithStaged(t *testing.T) {
 	c := e.Client()
 	src, dest := templateFiles(t, nginxConf)
 	t.Setenv("NGINX_PID", filepath.Join(filepath.Dir(src), "nginx.pid"))
-	port := freePort(t)
+	port := fmt.Sprint(freePort(t))
 	txn(t, c, "/web/nginx/port", port, "/web/msg", "hello")
 	d := start(t, e, "", "--prefix=/web", "--template="+src+":"+dest, "--check-cmd=/usr/sbin/nginx -t -c {{staged}}",
 		"--", "/usr/sbin/nginx", "-c", dest, "-g", "daemon off;")

@@ -1,8 +1,8 @@
 package preview
 
 import (
-	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -12,35 +12,43 @@ import (
 func Live(dir string) (map[string][]byte, error) {
 	root := dir
 	if data, err := filepath.EvalSymlinks(filepath.Join(dir, "..data")); err == nil {
-		root = data // WalkDir does not follow a symlink, not even the root
+		root = data
 	}
 	files := map[string][]byte{}
-	err := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
-		if err != nil {
-			if os.IsNotExist(err) && p == root {
-				return filepath.SkipAll
-			}
-			return err
-		}
-		if p == root {
-			return nil
-		}
+	if _, err := os.Stat(root); os.IsNotExist(err) {
+		return files, nil
+	}
+	return files, walk(root, "", files)
+}
+
+// walk reads the regular files below dir into files. Symlinks are followed: in the atomic
+// layout each subdirectory of a version is a symlink to a directory shared between versions.
+func walk(dir, rel string, files map[string][]byte) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range entries {
 		if strings.HasPrefix(de.Name(), "..") {
-			if de.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
+			continue
 		}
-		if de.IsDir() || !de.Type().IsRegular() {
-			return nil
-		}
-		b, err := os.ReadFile(p)
+		p, r := filepath.Join(dir, de.Name()), path.Join(rel, de.Name())
+		fi, err := os.Stat(p)
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(root, p)
-		files[filepath.ToSlash(rel)] = b
-		return nil
-	})
-	return files, err
+		switch {
+		case fi.IsDir():
+			if err := walk(p, r, files); err != nil {
+				return err
+			}
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			files[r] = b
+		}
+	}
+	return nil
 }

@@ -4,10 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,16 +22,29 @@ import (
 const (
 	dataLink    = "..data"     // the symlink whose rename publishes a version
 	dataLinkTmp = "..data_tmp" // the new ..data before it is renamed into place
-	// versionLayout names version directories after the time they were made, in UTC.
+	lockName    = "..etcd-config-dispenser.lock"
+	// versionLayout names directory objects after the time they were made, in UTC.
 	versionLayout = "..2006_01_02_15_04_05.000000000"
 )
 
-// versionName matches the version directories we create, and nothing else.
+// versionName matches the directory objects we create, and nothing else.
 var versionName = regexp.MustCompile(`^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.\d{9}$`)
 
-// openAtomic cleans what a crash can leave (..data_tmp, version directories ..data does not
-// point at) and loads the live version. Top-level links are checked at the next Apply, since
-// a crash between the swap and the link step leaves some missing or dangling.
+// The Atomic layout stores the tree as immutable directory objects, git-tree style: each
+// directory of the tree is an object, a directory at the top of the target named like
+// ..2026_11_24_16_30_00.123456789, holding its files and, for each subdirectory, a symlink
+// "../<object>" to that subdirectory's object. ..data points at the root object. A change
+// makes new objects only for the directories that hold a changed path and those above them;
+// every other directory is shared with the previous version by its symlink, and unchanged
+// files in a new object are hard links. So a change costs the width of the directories on its
+// paths, not the size of the tree. Objects are never modified once ..data can reach them.
+//
+// Nested symlinks bound the depth: Linux follows at most 40 symlinks in one path lookup, and
+// a path through the top-level link, ..data and one symlink per level must stay below that
+// (maxDepth).
+
+// openAtomic cleans what a crash can leave (..data_tmp, objects ..data does not reach) and
+// loads the live version. Top-level links are checked at the next Apply.
 func (w *Writer) openAtomic() error {
 	if err := w.removeOurLink(dataLinkTmp); err != nil {
 		return err
@@ -48,46 +67,72 @@ func (w *Writer) openAtomic() error {
 		}
 		return fmt.Errorf("writer: reading %s: %w", dataLink, err)
 	}
-	if err := w.pruneVersions(w.version); err != nil {
-		return err
-	}
 	w.relink = true
-	if w.version == "" {
-		return nil
+	if w.version != "" {
+		if err := w.loadDir("", w.version, map[string]bool{}); err != nil {
+			return fmt.Errorf("writer: loading version %s: %w", w.version, err)
+		}
 	}
-	return w.loadVersion()
+	if w.rebuild {
+		// Junk or wrong directory modes: every file is written again into new objects.
+		for p := range w.live {
+			w.fix[p] = true
+		}
+	}
+	return w.pruneObjects()
 }
 
-// loadVersion hashes every file of the live version. A file with the wrong mode or owner is
-// marked to be rewritten; anything we would not have put there (symlinks, odd names, empty or
-// wrongly permissioned directories) makes the next Apply build a fresh version.
-func (w *Writer) loadVersion() error {
-	err := fs.WalkDir(w.root.FS(), w.version, func(name string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if name == w.version {
-			if w.wrongOwnerOrMode(fi, w.dirMode) {
-				w.rebuild = true
-			}
-			return nil
-		}
-		rel := name[len(w.version)+1:]
+// loadDir hashes the files of the live object obj, directory dir of the tree, and loads its
+// subdirectories. A file with the wrong mode or owner is marked to be rewritten; anything we
+// would not have put there (odd names, foreign symlinks, a real subdirectory as versions had
+// before directories were shared, wrong directory modes) makes the next Apply rebuild
+// everything in new objects.
+func (w *Writer) loadDir(dir, obj string, seen map[string]bool) error {
+	w.dirObj[dir] = obj
+	fi, err := w.root.Lstat(obj)
+	if err != nil {
+		return err
+	}
+	if w.wrongOwnerOrMode(fi, w.dirMode) {
+		w.rebuild = true
+	}
+	names, err := readDirNames(w.root, obj)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		rel, inObj := path.Join(dir, name), obj+"/"+name
 		if checkKey(rel) != nil {
 			w.rebuild = true
-			return nil
+			continue
+		}
+		fi, err := w.root.Lstat(inObj)
+		if err != nil {
+			return err
 		}
 		switch {
-		case d.IsDir():
-			if w.wrongOwnerOrMode(fi, w.dirMode) {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, err := w.root.Readlink(inObj)
+			child, ok := strings.CutPrefix(target, "../")
+			if err != nil || !ok || !versionName.MatchString(child) || seen[child] {
 				w.rebuild = true
+				continue
 			}
-		case d.Type().IsRegular():
-			sum, err := w.hashFile(name)
+			if cfi, err := w.root.Lstat(child); err != nil || !cfi.IsDir() {
+				w.rebuild = true
+				continue
+			}
+			seen[child] = true
+			if err := w.loadDir(rel, child, seen); err != nil {
+				return err
+			}
+		case fi.IsDir():
+			w.rebuild = true
+			if err := w.loadDir(rel, inObj, seen); err != nil {
+				return err
+			}
+		case fi.Mode().IsRegular():
+			sum, err := w.hashFile(inObj)
 			if err != nil {
 				return err
 			}
@@ -98,109 +143,378 @@ func (w *Writer) loadVersion() error {
 		default:
 			w.rebuild = true
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("writer: loading version %s: %w", w.version, err)
 	}
 	return nil
 }
 
-// applyAtomic is steps 3 to 10 of Apply for the Atomic layout.
-func (w *Writer) applyAtomic(want map[string][32]byte, res *Result) error {
-	write, remove := w.diff(want)
+// pruneObjects removes every object the live version does not reach: staging leftovers, and
+// the previous version's own objects (Open keeps only the live version).
+func (w *Writer) pruneObjects() error {
+	keep := make(map[string]bool, len(w.dirObj))
+	for _, obj := range w.dirObj {
+		keep[obj] = true
+	}
+	names, err := readDirNames(w.root, ".")
+	if err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	for _, name := range names {
+		if !versionName.MatchString(name) || keep[name] {
+			continue
+		}
+		if fi, err := w.root.Lstat(name); err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := w.root.RemoveAll(name); err != nil {
+			return fmt.Errorf("writer: removing stale version %s: %w", name, err)
+		}
+		w.log.Debug("removed a stale version directory", "version", name)
+	}
+	return nil
+}
+
+// applyAtomic is steps 4 to 10 of Apply for the Atomic layout.
+func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	res.Written, res.Removed = len(write), len(remove)
 	if len(write) == 0 && len(remove) == 0 && !w.rebuild && w.version != "" {
 		if w.relink {
-			res.Changed = w.relinkAll(want)
+			names, err := readDirNames(w.root, w.version)
+			if err != nil {
+				return err
+			}
+			res.Changed = w.relinkAll(setOf(names))
 		}
 		return nil
 	}
-	oldTop := topNames(w.live)
 
-	staged, err := w.stage(want)
-	if err != nil {
-		return err
+	st, err := w.stage(write, remove)
+	if isNoSpace(err) && len(w.retired) > 0 {
+		// The previous version is kept only for readers still inside it; a version that
+		// cannot go live helps nobody. Make room and try again at once.
+		w.log.Warn("no space left on the target's file system; removing the previous version and trying again",
+			"directories", len(w.retired))
+		w.removeObjects(w.retired)
+		w.retired = nil
+		st, err = w.stage(write, remove)
 	}
+	if err != nil {
+		return noSpace(err, w.absDir)
+	}
+	staged := st.objs[""]
 	w.marked("staged")
 	if w.opts.Check != nil {
 		if err := w.opts.Check(filepath.Join(w.absDir, staged)); err != nil {
-			w.discard(staged)
+			w.removeObjects(slices.Collect(maps.Values(st.objs)))
 			return fmt.Errorf("check of the staged version %s: %w", staged, err)
 		}
 	}
 	if err := w.syncAll(); err != nil {
-		w.discard(staged)
+		w.removeObjects(slices.Collect(maps.Values(st.objs)))
 		return err
 	}
 	w.marked("synced")
+	linked := w.linkNew(st.oldTop, st.newTop)
+	w.marked("linked")
 	if err := w.swap(staged); err != nil {
-		w.discard(staged)
+		for _, name := range linked {
+			w.unlink(name)
+		}
+		w.removeObjects(slices.Collect(maps.Values(st.objs)))
 		return err
 	}
 	w.marked("swapped")
 
 	// The new version is live: what follows is logged and retried, not returned, since the
 	// caller must learn that the files changed.
-	older := w.previous
-	w.previous, w.version = w.version, staged
-	w.live, w.fix, w.rebuild = want, make(map[string]bool), false
 	res.Changed = true
+	stale := w.rebuild || len(w.fix) > 0
+	retired := w.publish(st, write, remove)
 	if err := w.syncDir("."); err != nil {
 		w.log.Error("the swap may not survive a crash", "error", err)
 	}
 	w.marked("dir-synced")
 	if w.relink {
-		w.relinkAll(want)
+		w.relinkAll(st.newTop)
 	} else {
-		w.relinkChanged(oldTop, topNames(want))
+		w.unlinkGone(st.oldTop, st.newTop)
 	}
-	w.marked("linked")
-	w.pruneOlder(older)
+	w.marked("unlinked")
+	w.removeObjects(w.retired)
+	w.retired = retired
+	if stale {
+		// The old version has modes or owners Options no longer ask for (a tighter --mode):
+		// it goes now rather than stay readable beside the new one.
+		w.removeObjects(w.retired)
+		w.retired = nil
+	}
 	w.marked("pruned")
 	return nil
 }
 
-// pruneOlder is step 10: it removes the version that was live before the previous one.
-func (w *Writer) pruneOlder(older string) {
-	if older == "" {
-		return
+// publish records the staged version as live and returns the objects only the previous
+// version reaches now.
+func (w *Writer) publish(st *staging, write, remove []string) (retired []string) {
+	for d := range st.edited {
+		if old, ok := w.dirObj[d]; ok && !strings.Contains(old, "/") {
+			retired = append(retired, old)
+		}
+		if obj, ok := st.objs[d]; ok {
+			w.dirObj[d] = obj
+		} else {
+			delete(w.dirObj, d)
+		}
 	}
-	if err := w.root.RemoveAll(older); err != nil {
-		w.log.Error("cannot remove an old version", "version", older, "error", err)
+	for _, p := range write {
+		w.live[p] = w.keys[p].sum
+		delete(w.fix, p)
 	}
+	for _, p := range remove {
+		delete(w.live, p)
+		delete(w.fix, p)
+	}
+	w.version = st.objs[""]
+	w.rebuild = false
+	return retired
 }
 
-// stage is step 4: it builds the complete new tree in a fresh version directory and returns
-// its name. On error nothing of it is left.
-func (w *Writer) stage(want map[string][32]byte) (string, error) {
-	staged, err := w.newVersionDir()
+// staging is a new version being built: an object for each directory on a changed path.
+type staging struct {
+	edited         map[string]bool   // the directories on changed paths, "" included
+	objs           map[string]string // directory -> its new object; missing: the directory is gone
+	oldTop, newTop map[string]bool   // top-level names before and after
+}
+
+// stage is step 4: it makes a new object for each directory that holds a changed path or
+// lies above one, deepest first: unchanged files are hard-linked from the directory's live
+// object, changed ones written with Mode and owner, and each subdirectory is a symlink to its
+// new object or, when nothing changed below it, to its live one. A directory left empty is
+// dropped. On error nothing of it is left.
+func (w *Writer) stage(write, remove []string) (st *staging, err error) {
+	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{}}
+	defer func() {
+		if err != nil {
+			w.removeObjects(slices.Collect(maps.Values(st.objs)))
+		}
+	}()
+	files := map[string]map[string]bool{} // dir -> name -> written (false: removed)
+	children := map[string][]string{}     // dir -> edited subdirectories
+	edit := func(d string) {
+		for !st.edited[d] {
+			st.edited[d] = true
+			children[parentDir(d)] = append(children[parentDir(d)], d)
+			d = parentDir(d)
+		}
+	}
+	mark := func(p string, written bool) {
+		d := parentDir(p)
+		if files[d] == nil {
+			files[d] = map[string]bool{}
+		}
+		files[d][path.Base(p)] = written
+		edit(d)
+	}
+	if w.rebuild {
+		for d := range w.dirObj {
+			edit(d)
+		}
+	}
+	for _, p := range remove {
+		mark(p, false)
+	}
+	for _, p := range write {
+		mark(p, true)
+	}
+	dirs := slices.Collect(maps.Keys(st.edited))
+	slices.SortFunc(dirs, func(a, b string) int { return depth(b) - depth(a) })
+	// The objects of one depth are independent of each other (a symlink names an object of
+	// the depth below, already made), so each depth is filled at once, on every core.
+	var level []*object
+	defer func() {
+		for _, o := range level {
+			o.close()
+		}
+	}()
+	for i, d := range dirs {
+		entries, err := w.entries(d) // name -> is a directory
+		if err != nil {
+			return st, err
+		}
+		if d == "" {
+			st.oldTop = boolKeys(entries)
+		}
+		for name, written := range files[d] {
+			if !written {
+				delete(entries, name)
+			}
+		}
+		for _, c := range children[d] {
+			if _, ok := st.objs[c]; ok {
+				entries[path.Base(c)] = true
+			} else {
+				delete(entries, path.Base(c))
+			}
+		}
+		for name, written := range files[d] {
+			if written {
+				entries[name] = false
+			}
+		}
+		if d == "" {
+			st.newTop = boolKeys(entries)
+		}
+		if d == "" || len(entries) > 0 {
+			o, err := w.newObject(st, d, entries, files[d])
+			if err != nil {
+				return st, err
+			}
+			level = append(level, o)
+		}
+		if i+1 == len(dirs) || depth(dirs[i+1]) != depth(d) {
+			err := w.fill(st, level)
+			for _, o := range level {
+				o.close()
+			}
+			level = level[:0]
+			if err != nil {
+				return st, err
+			}
+		}
+	}
+	return st, nil
+}
+
+// entries lists the live object of directory d: name -> whether it is a subdirectory.
+func (w *Writer) entries(d string) (map[string]bool, error) {
+	entries := map[string]bool{}
+	obj, ok := w.dirObj[d]
+	if !ok {
+		return entries, nil
+	}
+	names, err := readDirNames(w.root, obj)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	if err := w.fillStaged(staged, want, w.version); err != nil {
-		w.discard(staged)
-		return "", err
+	for _, name := range names {
+		_, isDir := w.dirObj[path.Join(d, name)]
+		if _, isFile := w.live[path.Join(d, name)]; isFile || isDir {
+			entries[name] = isDir
+		}
 	}
-	return staged, nil
+	return entries, nil
 }
 
-// fillStaged writes the tree want into the empty directory staged; files whose live content
-// (under from) is unchanged are hard-linked from there.
-func (w *Writer) fillStaged(staged string, want map[string][32]byte, from string) error {
-	made := map[string]bool{}
-	l := &linker{root: w.root, from: from, to: staged, dirs: map[string]dirPair{}}
-	defer l.close()
-	for p, sum := range want {
-		if err := w.stageFile(staged, p, sum, made, l); err != nil {
+// object is a new directory object being filled.
+type object struct {
+	dir, name string
+	to, from  *os.File        // the new object, and the live one of the same directory (or nil)
+	entries   map[string]bool // name -> is a subdirectory
+	written   map[string]bool // names whose content changed
+}
+
+func (o *object) close() {
+	o.to.Close()
+	if o.from != nil {
+		o.from.Close()
+	}
+}
+
+// newObject creates the empty object of directory d and opens it, with its live object.
+func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
+	name, err := w.newVersionDir()
+	if err != nil {
+		return nil, err
+	}
+	st.objs[d] = name
+	o := &object{dir: d, name: name, entries: entries, written: written}
+	if o.to, err = w.root.Open(name); err != nil {
+		return nil, err
+	}
+	if old, ok := w.dirObj[d]; ok {
+		if o.from, err = w.root.Open(old); err != nil {
+			o.to.Close()
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// fill puts their entries into the objects of one depth: a symlink per subdirectory, a hard
+// link per unchanged file, a new file per changed one. Many entries are shared out between
+// one goroutine per core; os.Root and the descriptors are safe for that.
+func (w *Writer) fill(st *staging, objs []*object) error {
+	type job struct {
+		o    *object
+		name string
+	}
+	var jobs []job
+	for _, o := range objs {
+		for _, name := range slices.Sorted(maps.Keys(o.entries)) {
+			jobs = append(jobs, job{o, name})
+		}
+	}
+	workers := 1
+	if len(jobs) >= 512 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	var (
+		next     atomic.Int64
+		firstErr error
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(jobs) {
+					return
+				}
+				if err := w.makeEntry(st, jobs[i].o, jobs[i].name); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					next.Store(int64(len(jobs))) // the others stop too
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// makeEntry creates one entry of object o.
+func (w *Writer) makeEntry(st *staging, o *object, name string) error {
+	p := path.Join(o.dir, name)
+	to := int(o.to.Fd())
+	switch {
+	case o.entries[name]:
+		child, ok := st.objs[p]
+		if !ok {
+			child = w.dirObj[p]
+		}
+		if err := unix.Symlinkat("../"+child, to, name); err != nil {
+			return fmt.Errorf("linking %s in %s: %w", name, o.name, err)
+		}
+	case o.written[name] || o.from == nil || unix.Linkat(int(o.from.Fd()), name, to, name, 0) != nil:
+		// New or changed content (or a hard link that failed: too many links...).
+		data, err := w.content(p)
+		if err != nil {
+			return fmt.Errorf("staging %s: %w", p, err)
+		}
+		if err := w.createFileAt(o.to, o.name, name, data); err != nil {
 			return err
 		}
-		w.marked("staging")
 	}
+	w.marked("staging")
 	return nil
 }
 
-// newVersionDir creates an empty version directory named after the current time, unique.
+// newVersionDir creates an empty directory object named after the current time, unique.
 func (w *Writer) newVersionDir() (string, error) {
 	t := time.Now().UTC()
 	for {
@@ -216,70 +530,45 @@ func (w *Writer) newVersionDir() (string, error) {
 	}
 }
 
-// stageFile puts file p into the staged version: a hard link to the live file when the content
-// is unchanged (and its mode and owner right), a new file otherwise.
-func (w *Writer) stageFile(staged, p string, sum [32]byte, made map[string]bool, l *linker) error {
-	var err error
-	forParents(p, func(d string) {
-		if err != nil || made[d] {
-			return
+// removeObjects deletes directory objects (files and symlinks, never followed).
+func (w *Writer) removeObjects(objs []string) {
+	for _, obj := range objs {
+		if err := w.root.RemoveAll(obj); err != nil {
+			w.log.Error("cannot remove an old version directory", "version", obj, "error", err)
 		}
-		made[d] = true
-		err = w.makeDir(path.Join(staged, d))
-	})
-	if err != nil {
-		return err
 	}
-	if old, ok := w.live[p]; ok && old == sum && !w.fix[p] {
-		if err := l.link(p); err == nil {
-			return nil
-		}
-		// Fall back to a copy (too many links, a file gone missing...).
-	}
-	data, err := w.content(p)
-	if err != nil {
-		return fmt.Errorf("staging %s: %w", p, err)
-	}
-	return w.createFile(path.Join(staged, p), data, false)
 }
 
-// linker hard-links files from one tree to another with linkat(2) between two directory
-// descriptors and a plain file name: one system call per file instead of a path walk for
-// each side, and nothing to resolve, so no symlink can be followed. The directories are
-// opened through the root.
-type linker struct {
-	root     *os.Root
-	from, to string
-	dirs     map[string]dirPair
+// parentDir is the directory holding p: "" for a top-level name.
+func parentDir(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return ""
 }
 
-type dirPair struct{ from, to *os.File }
-
-func (l *linker) link(p string) error {
-	d, base := path.Dir(p), path.Base(p)
-	pair, ok := l.dirs[d]
-	if !ok {
-		var err error
-		if pair.from, err = l.root.Open(path.Join(l.from, d)); err != nil {
-			return err
-		}
-		if pair.to, err = l.root.Open(path.Join(l.to, d)); err != nil {
-			pair.from.Close()
-			return err
-		}
-		l.dirs[d] = pair
+// depth is the number of segments of directory d ("" has none).
+func depth(d string) int {
+	if d == "" {
+		return 0
 	}
-	if err := unix.Linkat(int(pair.from.Fd()), base, int(pair.to.Fd()), base, 0); err != nil {
-		return fmt.Errorf("linking %s: %w", p, err)
-	}
-	return nil
+	return strings.Count(d, "/") + 1
 }
 
-func (l *linker) close() {
-	for _, pair := range l.dirs {
-		pair.from.Close()
-		pair.to.Close()
+func setOf(names []string) map[string]bool {
+	s := make(map[string]bool, len(names))
+	for _, n := range names {
+		s[n] = true
 	}
+	return s
+}
+
+func boolKeys(m map[string]bool) map[string]bool {
+	s := make(map[string]bool, len(m))
+	for k := range m {
+		s[k] = true
+	}
+	return s
 }
 
 // discard removes a staged version that will not go live.
@@ -305,35 +594,22 @@ func (w *Writer) swap(staged string) error {
 	return nil
 }
 
-// pruneVersions removes every version directory except keep (and the previous one).
-func (w *Writer) pruneVersions(keep string) error {
-	entries, err := readDirNames(w.root, ".")
-	if err != nil {
-		return fmt.Errorf("writer: %w", err)
+// linkNew is step 7 (before the swap): it links the new top-level names (and those a foreign
+// entry blocked before; every name after Open), so that each name of the new version is
+// reachable the instant it goes live. Until the swap, a new link dangles: its name is no key
+// of the live version yet. It returns the names it created.
+func (w *Writer) linkNew(oldTop, newTop map[string]bool) (created []string) {
+	for name := range newTop {
+		if (w.relink || !oldTop[name] || w.unlinked[name]) && w.link(name) {
+			created = append(created, name)
+		}
 	}
-	for _, name := range entries {
-		if !versionName.MatchString(name) || name == keep || name == w.previous {
-			continue
-		}
-		if fi, err := w.root.Lstat(name); err != nil || !fi.IsDir() {
-			continue
-		}
-		if err := w.root.RemoveAll(name); err != nil {
-			return fmt.Errorf("writer: removing stale version %s: %w", name, err)
-		}
-		w.log.Info("removed a stale version", "version", name)
-	}
-	return nil
+	return created
 }
 
-// relinkChanged is step 9 after an ordinary swap: it links the new top-level names (and those
-// a foreign entry blocked before) and unlinks the names that are gone.
-func (w *Writer) relinkChanged(oldTop, newTop map[string]bool) {
-	for name := range newTop {
-		if !oldTop[name] || w.unlinked[name] {
-			w.link(name)
-		}
-	}
+// unlinkGone is step 9 after an ordinary swap: it unlinks the names that are gone. Until it
+// runs, they dangle; no key of the live version is behind them.
+func (w *Writer) unlinkGone(oldTop, newTop map[string]bool) {
 	for name := range oldTop {
 		if !newTop[name] {
 			w.unlink(name)
@@ -343,9 +619,8 @@ func (w *Writer) relinkChanged(oldTop, newTop map[string]bool) {
 
 // relinkAll checks every top-level name after Open (or a failed link step): it creates the
 // missing links, and removes our links whose names are gone. It reports whether it changed any.
-func (w *Writer) relinkAll(want map[string][32]byte) (changed bool) {
+func (w *Writer) relinkAll(newTop map[string]bool) (changed bool) {
 	w.relink = false
-	newTop := topNames(want)
 	for name := range newTop {
 		changed = w.link(name) || changed
 	}
@@ -424,15 +699,6 @@ func (w *Writer) removeOurLink(name string) error {
 		return fmt.Errorf("writer: removing %s: %w", name, err)
 	}
 	return nil
-}
-
-// topNames returns the set of first segments of the paths of t.
-func topNames(t map[string][32]byte) map[string]bool {
-	names := make(map[string]bool)
-	for p := range t {
-		names[topName(p)] = true
-	}
-	return names
 }
 
 // readDirNames lists directory name without following symlinks in it.

@@ -7,26 +7,30 @@ import (
 	"testing"
 )
 
-// bigBatch is 10000 keys in 100 directories, with values of size bytes.
-func bigBatch(size int) Batch {
+// bigBatch is n keys in n/100 directories (100 files each), with values of size bytes.
+func bigBatch(n, size int) Batch {
 	b := Batch{Revision: 1, Full: true}
 	value := bytes.Repeat([]byte("v"), size)
-	for i := range 10000 {
-		b.Changes = append(b.Changes, Change{Key: fmt.Sprintf("d%02d/k%04d", i%100, i), Value: value})
+	for i := range n {
+		b.Changes = append(b.Changes, Change{Key: fmt.Sprintf("d%03d/k%05d", i%(n/100), i), Value: value})
 	}
 	return b
 }
 
-func BenchmarkApplyOneKey10000(b *testing.B) {
+func BenchmarkApplyOneKey10000(b *testing.B) { benchOneKey(b, 10000) }
+func BenchmarkApplyOneKey50000(b *testing.B) { benchOneKey(b, 50000) }
+
+// benchOneKey measures a one-key change with n files present.
+func benchOneKey(b *testing.B, n int) {
 	for _, layout := range layouts {
 		b.Run(layout.String(), func(b *testing.B) {
 			dir := filepath.Join(b.TempDir(), "target")
 			w := openAt(b, Options{Dir: dir, Layout: layout, UID: -1, GID: -1, NoSync: true})
-			mustApply(b, w, bigBatch(64))
+			mustApply(b, w, bigBatch(n, 64))
 			i := 0
 			for b.Loop() {
 				i++
-				res := mustApply(b, w, batch(int64(i+1), Change{Key: "d07/k0007", Value: fmt.Appendf(nil, "value %d", i)}))
+				res := mustApply(b, w, batch(int64(i+1), Change{Key: "d007/k00007", Value: fmt.Appendf(nil, "value %d", i)}))
 				if !res.Changed || res.Written != 1 {
 					b.Fatalf("Result = %+v", res)
 				}
@@ -36,7 +40,7 @@ func BenchmarkApplyOneKey10000(b *testing.B) {
 }
 
 func BenchmarkFullSync10000(b *testing.B) {
-	full := bigBatch(1024)
+	full := bigBatch(10000, 1024)
 	for _, layout := range layouts {
 		b.Run(layout.String(), func(b *testing.B) {
 			b.SetBytes(int64(len(full.Changes) * 1024))

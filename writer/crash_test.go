@@ -12,8 +12,8 @@ import (
 // there would leave), then checks on each copy that readers see a whole old or new tree, and
 // that Open plus a Full batch converge to the new tree and clean every leftover.
 func TestCrashAtEveryStepConverges(t *testing.T) {
-	old := tree{"a": "A1", "sub/b": "B1", "gone": "G", "dir/x": "X", "sub/deep/y": "Y"}
-	next := tree{"a": "A2", "sub/b": "B1", "new/c": "C", "sub/n": "N", "dir": "a file now"}
+	old := tree{"a": "A1", "sub/b": "B1", "gone": "G", "dir/x": "X", "sub/deep/y": "Y", "keep/deep/k": "K"}
+	next := tree{"a": "A2", "sub/b": "B1", "new/c": "C", "sub/n": "N", "dir": "a file now", "keep/deep/k": "K"}
 	for _, layout := range layouts {
 		for _, tc := range []struct {
 			name       string
@@ -64,6 +64,13 @@ func checkCrashState(t *testing.T, layout Layout, dir string, before, after tree
 		if !equalTrees(data, before) && !equalTrees(data, after) {
 			t.Errorf("..data shows a mix: %q", data)
 		}
+		// Every key of the live version is reachable by its path, without a restart.
+		for p, v := range data {
+			got, err := os.ReadFile(filepath.Join(dir, p))
+			if err != nil || string(got) != v {
+				t.Errorf("live key %s is not reachable by its path: %q, %v", p, got, err)
+			}
+		}
 		return
 	}
 	// Plain: each file is whole, old or new.
@@ -84,12 +91,20 @@ func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
 		_, data := dataTree(t, dir)
 		assertTree(t, "..data after recovery", data, want)
 	}
-	versions := 0
+	kept := map[string]bool{}
+	if layout == Atomic {
+		kept = reachable(t, dir)
+	}
+	for _, obj := range w.retired {
+		kept[obj] = true
+	}
 	for _, n := range names(t, dir) {
 		switch {
 		case versionName.MatchString(n):
-			versions++
-		case n == "..data" || n == manifestName:
+			if !kept[n] {
+				t.Errorf("directory object %s is neither live nor the previous version's", n)
+			}
+		case n == "..data" || n == manifestName || n == lockName:
 		case strings.HasPrefix(n, ".."):
 			t.Errorf("leftover %s", n)
 		}
@@ -103,10 +118,28 @@ func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
 		}
 		return nil
 	})
-	if versions > 2 {
-		t.Errorf("%d version directories left", versions)
-	}
 	if res := mustApply(t, w, full(4, want)); res.Changed {
 		t.Errorf("a second Full batch changed something: %+v", res)
 	}
+}
+
+// reachable returns the directory objects the live version reaches from ..data.
+func reachable(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	var walk func(obj string)
+	walk = func(obj string) {
+		seen[obj] = true
+		for _, n := range names(t, filepath.Join(dir, obj)) {
+			if target, err := os.Readlink(filepath.Join(dir, obj, n)); err == nil {
+				walk(strings.TrimPrefix(target, "../"))
+			}
+		}
+	}
+	root, err := os.Readlink(filepath.Join(dir, "..data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	walk(root)
+	return seen
 }

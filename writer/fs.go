@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"syscall"
@@ -18,7 +19,34 @@ import (
 // explicitly, so the umask does not matter. With syncFile the content is fsynced before the
 // file is closed (a rename alone can otherwise publish an empty file after a crash).
 func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error) {
-	f, err := w.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, w.opts.Mode)
+	return w.createFileMode(name, data, syncFile, w.opts.Mode)
+}
+
+// createFileAt is createFile for a single name in the open directory dir (one openat(2),
+// no walk from the root); dirName is for errors. O_NOFOLLOW and O_EXCL: nothing there is
+// followed or reused.
+func (w *Writer) createFileAt(dir *os.File, dirName, name string, data []byte) (err error) {
+	full := dirName + "/" + name
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC,
+		uint32(w.opts.Mode))
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", full, err)
+	}
+	f := os.NewFile(uintptr(fd), full)
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("writing %s: %w", full, cerr)
+		}
+		if err != nil {
+			unix.Unlinkat(int(dir.Fd()), name, 0)
+		}
+	}()
+	return w.fillFile(f, full, data, false)
+}
+
+// createFileMode is createFile with another mode, for our own files (the manifest).
+func (w *Writer) createFileMode(name string, data []byte, syncFile bool, mode os.FileMode) (err error) {
+	f, err := w.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", name, err)
 	}
@@ -30,10 +58,19 @@ func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error)
 			w.root.Remove(name)
 		}
 	}()
+	return w.fillFileMode(f, name, data, syncFile, mode)
+}
+
+// fillFile writes data to the new file f and gives it Mode and the owner from Options.
+func (w *Writer) fillFile(f *os.File, name string, data []byte, syncFile bool) error {
+	return w.fillFileMode(f, name, data, syncFile, w.opts.Mode)
+}
+
+func (w *Writer) fillFileMode(f *os.File, name string, data []byte, syncFile bool, mode os.FileMode) error {
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("writing %s: %w", name, err)
 	}
-	if err := f.Chmod(w.opts.Mode); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		return fmt.Errorf("setting mode of %s: %w", name, err)
 	}
 	if err := chown(func(string) (os.FileInfo, error) { return f.Stat() },
@@ -88,7 +125,7 @@ func (w *Writer) readFile(name string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("reading %s: not a regular file", name)
 	}
-	f, err := w.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := w.openRead(name)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +140,7 @@ func (w *Writer) readFile(name string) ([]byte, error) {
 // hashFile returns the sha256 of the regular file name.
 func (w *Writer) hashFile(name string) ([32]byte, error) {
 	var sum [32]byte
-	f, err := w.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := w.openRead(name)
 	if err != nil {
 		return sum, err
 	}
@@ -114,6 +151,32 @@ func (w *Writer) hashFile(name string) ([32]byte, error) {
 	}
 	h.Sum(sum[:0])
 	return sum, nil
+}
+
+// openRead opens the regular file name for reading, without following a symlink. A file of
+// ours that its mode keeps even us from reading (--mode=0200 without root) is made readable
+// by its owner for the instant of the open: owner read adds no reader.
+func (w *Writer) openRead(name string) (*os.File, error) {
+	f, err := w.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if !errors.Is(err, fs.ErrPermission) {
+		return f, err
+	}
+	fi, lerr := w.root.Lstat(name)
+	if lerr != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o400 != 0 {
+		return nil, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		return nil, err
+	}
+	if cerr := w.root.Chmod(name, fi.Mode().Perm()|0o400); cerr != nil {
+		return nil, err
+	}
+	f, err = w.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if cerr := w.root.Chmod(name, fi.Mode().Perm()); cerr != nil && err == nil {
+		f.Close()
+		return nil, fmt.Errorf("restoring the mode of %s: %w", name, cerr)
+	}
+	return f, err
 }
 
 // readLive reads live file p (relative to the mirrored tree).
@@ -180,3 +243,17 @@ func randomName(prefix string) string {
 }
 
 func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) }
+
+// isNoSpace reports whether err says the file system (or the owner's quota) is full.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// noSpace names a full disk for what it is, so nobody looks for the fault in etcd; other
+// errors pass unchanged.
+func noSpace(err error, dir string) error {
+	if !isNoSpace(err) {
+		return err
+	}
+	return fmt.Errorf("no space left on the file system of %s (only what is live is kept): %w", dir, err)
+}

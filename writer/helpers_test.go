@@ -112,31 +112,39 @@ func dataTree(t testing.TB, dir string) (string, tree) {
 	return target, versionTree(t, filepath.Join(dir, target))
 }
 
+// versionTree reads a version as a reader does: its subdirectories are symlinks to the
+// directory objects it shares with other versions, followed.
 func versionTree(t testing.TB, vdir string) tree {
 	t.Helper()
 	got := tree{}
-	err := filepath.WalkDir(vdir, func(name string, d fs.DirEntry, err error) error {
+	var walk func(abs, rel string)
+	walk = func(abs, rel string) {
+		entries, err := os.ReadDir(abs)
 		if err != nil {
-			return err
+			t.Fatalf("reading %s: %v", abs, err)
 		}
-		if d.IsDir() {
-			return nil
+		for _, e := range entries {
+			p, name := filepath.Join(rel, e.Name()), filepath.Join(abs, e.Name())
+			switch {
+			case e.Type()&fs.ModeSymlink != 0:
+				target, err := os.Readlink(name)
+				if err != nil || !strings.HasPrefix(target, "../..") {
+					t.Errorf("%s: a symlink to %q in a version", name, target)
+					continue
+				}
+				walk(name, p)
+			case e.Type().IsRegular():
+				data, err := os.ReadFile(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[p] = string(data)
+			default:
+				t.Errorf("%s: not a regular file or a directory link in a version", name)
+			}
 		}
-		if !d.Type().IsRegular() {
-			t.Errorf("%s: not a regular file in a version", name)
-			return nil
-		}
-		data, err := os.ReadFile(name)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(vdir, name)
-		got[rel] = string(data)
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walking %s: %v", vdir, err)
 	}
+	walk(vdir, "")
 	return got
 }
 

@@ -17,6 +17,11 @@ const (
 	// maxPathLen is the longest relative path a key may map to: PATH_MAX (4096, counting the
 	// terminating NUL) minus stagingRoom.
 	maxPathLen = 4096 - 1 - stagingRoom
+	// maxDepth is the most segments a key may have. In the Atomic layout each directory level
+	// is a symlink to a shared directory object, and Linux follows at most 40 symlinks in one
+	// path lookup (the top-level link and ..data take two); no configuration needs more, and
+	// deeper keys would cost a walk per level, so they are skipped like other unsafe keys.
+	maxDepth = 32
 )
 
 // KeyPath maps a key (relative to the mirrored prefix, "/"-separated as etcd spells it) to the
@@ -27,8 +32,8 @@ const (
 // already clean (filepath.Clean(p) == p), and has no segment starting with "..", the
 // namespace this package reserves for its own entries (..data, version directories, temporary
 // files, the manifest). Rejected: the empty key, empty segments (leading, trailing or doubled
-// "/"), "." and ".." segments, segments starting with "..", NUL bytes, segments over 255 bytes
-// and paths over 4031 bytes.
+// "/"), "." and ".." segments, segments starting with "..", NUL bytes, segments over 255 bytes,
+// paths over 4031 bytes and keys of more than 32 levels (31 slashes).
 func KeyPath(key string) (string, error) {
 	if err := checkKey(key); err != nil {
 		return "", fmt.Errorf("key %q: %w", key, err)
@@ -45,6 +50,9 @@ func checkKey(key string) error {
 	}
 	if len(key) > maxPathLen {
 		return fmt.Errorf("path is %d bytes long, at most %d are allowed", len(key), maxPathLen)
+	}
+	if n := strings.Count(key, "/") + 1; n > maxDepth {
+		return fmt.Errorf("key has %d levels, at most %d are allowed", n, maxDepth)
 	}
 	for seg := range strings.SplitSeq(key, "/") {
 		switch {

@@ -44,7 +44,7 @@ func TestOnlyShadowedOrPendingValuesStayInMemory(t *testing.T) {
 			mustApply(t, w, b)
 			held := 0
 			for p, e := range w.keys {
-				if e.value != nil {
+				if e.held {
 					held++
 					if p != "d3" {
 						t.Errorf("value of %s is kept", p)

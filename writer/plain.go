@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 const (
@@ -20,6 +22,8 @@ const (
 	// tmpPrefix starts the name of every temporary entry; keys cannot produce it, so whatever
 	// carries it is a leftover of ours.
 	tmpPrefix = "..tmp"
+	// manifestMode: the manifest names the keys, which only the owner needs to read.
+	manifestMode = 0o600
 )
 
 // errObstructed marks a file that cannot be written because something that is not ours is in
@@ -51,9 +55,33 @@ func (w *Writer) openPlain() error {
 	if err := w.cleanTemps(); err != nil {
 		return err
 	}
+	w.remodePlain()
 	// A crash between removing files and pruning their directories leaves them empty.
 	w.pruneDirs(slices.Collect(maps.Keys(w.dirs)), map[string]bool{})
 	return nil
+}
+
+// remodePlain gives the manifest and the directories we created the modes the current
+// Options ask for, so that after a restart with a tighter --mode nothing of ours stays more
+// readable (the files with a wrong mode are rewritten at the next Apply).
+func (w *Writer) remodePlain() {
+	if fi, err := w.root.Lstat(manifestName); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() != manifestMode {
+		if err := w.root.Chmod(manifestName, manifestMode); err != nil {
+			w.log.Error("cannot set the mode of the manifest", "error", err)
+		}
+	}
+	for d := range w.dirs {
+		fi, err := w.root.Lstat(d)
+		if err != nil || !fi.IsDir() || !w.wrongOwnerOrMode(fi, w.dirMode) {
+			continue
+		}
+		if err := w.root.Chmod(d, w.dirMode); err != nil {
+			w.log.Error("cannot set the mode of a directory", "path", d, "error", err)
+		}
+		if err := chown(w.root.Lstat, w.root.Lchown, d, w.opts.UID, w.opts.GID); err != nil {
+			w.log.Error("cannot set the owner of a directory", "path", d, "error", err)
+		}
+	}
 }
 
 // loadPlainFile hashes file p of the manifest if it is still a regular file of ours.
@@ -110,13 +138,12 @@ func (w *Writer) cleanTemps() error {
 }
 
 // applyPlain is steps 3 to 9 of Apply for the Plain layout.
-func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
-	write, remove := w.diff(want)
-	if len(write) == 0 && len(remove) == 0 && !w.manifestStale {
+func (w *Writer) applyPlain(write, remove []string, res *Result) (err error) {
+	if len(write) == 0 && len(remove) == 0 && !w.manifestStale && len(w.journal) == 0 {
 		return nil
 	}
 	if w.opts.Check != nil && (len(write) > 0 || len(remove) > 0) {
-		if err := w.checkPlain(want); err != nil {
+		if err := w.checkPlain(w.desiredTree()); err != nil {
 			return err
 		}
 	}
@@ -128,9 +155,7 @@ func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
 	defer func() {
 		res.Changed = res.Written > 0 || res.Removed > 0
 		err = errors.Join(err, w.syncDirs(touched))
-		if w.manifestStale {
-			err = errors.Join(err, w.saveManifest(slices.Collect(maps.Keys(w.live)), w.dirs))
-		}
+		err = errors.Join(err, w.flushManifest())
 		w.marked("manifest")
 	}()
 	for _, p := range remove {
@@ -142,14 +167,15 @@ func (w *Writer) applyPlain(want map[string][32]byte, res *Result) (err error) {
 	}
 	w.pruneDirs(emptiedDirs(remove, write), touched)
 	for _, p := range write {
-		err := w.writePlain(p, want[p], touched)
+		err := w.writePlain(p, w.keys[p].sum, touched)
 		if errors.Is(err, errObstructed) {
+			w.obstructed = append(w.obstructed, p) // tried again at every Apply
 			w.log.Error("key skipped", "reason", err.Error())
 			res.Skipped++
 			continue
 		}
 		if err != nil {
-			return err
+			return noSpace(err, w.absDir)
 		}
 		res.Written++
 		w.marked("written")
@@ -196,17 +222,22 @@ func (w *Writer) recordIntent(write []string) error {
 	if len(newFiles) == 0 && len(newDirs) == 0 {
 		return nil
 	}
-	maps.Copy(newDirs, w.dirs)
-	err := w.saveManifest(append(newFiles, slices.Collect(maps.Keys(w.live))...), newDirs)
-	w.manifestStale = true // it lists more than we own until the final manifest
-	return err
+	var rec []byte
+	for _, d := range slices.Sorted(maps.Keys(newDirs)) {
+		rec = record(rec, 'd', d)
+	}
+	for _, p := range newFiles {
+		rec = record(rec, 'f', p)
+	}
+	// It lists more than we own until the removals are recorded at the end of the Apply.
+	return w.appendManifest(rec, len(newDirs)+len(newFiles))
 }
 
 // removePlain is step 6 for one file: our regular file at p goes; anything else that took its
 // place is not ours and stays.
 func (w *Writer) removePlain(p string, touched map[string]bool) error {
 	delete(w.live, p)
-	w.manifestStale = true
+	w.note('F', p)
 	delete(w.fix, p)
 	if w.realDirs(p) != nil {
 		return nil
@@ -232,14 +263,14 @@ func (w *Writer) pruneDirs(dirs []string, touched map[string]bool) {
 		}
 		if fi, err := w.root.Lstat(d); err != nil || !fi.IsDir() {
 			delete(w.dirs, d)
-			w.manifestStale = true
+			w.note('D', d)
 			continue
 		}
 		if err := w.root.Remove(d); err != nil {
 			continue // not empty
 		}
 		delete(w.dirs, d)
-		w.manifestStale = true
+		w.note('D', d)
 		delete(touched, d)
 		touched[path.Dir(d)] = true
 	}
@@ -290,7 +321,7 @@ func (w *Writer) writePlain(p string, sum [32]byte, touched map[string]bool) err
 		return fmt.Errorf("renaming %s to %s: %w", tmp, p, err)
 	}
 	if _, ok := w.live[p]; !ok {
-		w.manifestStale = true
+		w.note('f', p)
 	}
 	w.live[p] = sum
 	delete(w.fix, p)
@@ -313,7 +344,7 @@ func (w *Writer) ensureDirs(p string, touched map[string]bool) (err error) {
 		case isNotExist(lerr):
 			if err = w.makeDir(d); err == nil {
 				w.dirs[d] = true
-				w.manifestStale = true
+				w.note('d', d)
 				touched[path.Dir(d)] = true
 			}
 		default:
@@ -350,8 +381,69 @@ func (w *Writer) syncDirs(touched map[string]bool) error {
 	return errors.Join(errs...)
 }
 
-// saveManifest writes the manifest atomically: temporary file, fsync, rename, directory fsync.
-func (w *Writer) saveManifest(files []string, dirs map[string]bool) error {
+// The manifest is a journal: a header, then records "f<path>\0" (a file of ours), "d<path>\0"
+// (a directory we created), and "F<path>\0", "D<path>\0" (no longer ours), replayed in order.
+// A change appends its few records, so it costs what changed; once the records outnumber
+// twice what we own, the manifest is rewritten whole (compacted).
+
+// note records a change of what we own, appended at the end of the Apply.
+func (w *Writer) note(kind byte, p string) {
+	w.journal = record(w.journal, kind, p)
+	w.records++
+}
+
+func record(b []byte, kind byte, p string) []byte {
+	b = append(b, kind)
+	b = append(b, p...)
+	return append(b, 0)
+}
+
+// flushManifest is step 9: it appends the noted records, or compacts the manifest.
+func (w *Writer) flushManifest() error {
+	if w.manifestStale || w.records > 2*(len(w.live)+len(w.dirs))+64 {
+		return w.saveManifest(slices.Collect(maps.Keys(w.live)), w.dirs)
+	}
+	if len(w.journal) == 0 {
+		return nil
+	}
+	if err := w.appendManifest(w.journal, 0); err != nil {
+		return err
+	}
+	w.journal = w.journal[:0]
+	return nil
+}
+
+// appendManifest appends records to the manifest and syncs it; n more records are counted.
+// A crash can leave the last record without its NUL: readManifest ignores it.
+func (w *Writer) appendManifest(rec []byte, n int) (err error) {
+	if _, err := w.root.Lstat(manifestName); isNotExist(err) {
+		w.records += n
+		return w.saveManifest(slices.Collect(maps.Keys(w.live)), w.dirs, rec)
+	}
+	f, err := w.root.OpenFile(manifestName, os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("writing the manifest: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("writing the manifest: %w", cerr)
+		}
+	}()
+	if _, err := f.Write(rec); err != nil {
+		return fmt.Errorf("writing the manifest: %w", err)
+	}
+	w.records += n
+	if !w.opts.NoSync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("syncing the manifest: %w", err)
+		}
+	}
+	return nil
+}
+
+// saveManifest writes the manifest whole, with extra records after it, atomically: temporary
+// file, fsync, rename, directory fsync.
+func (w *Writer) saveManifest(files []string, dirs map[string]bool, extra ...[]byte) error {
 	var b bytes.Buffer
 	b.WriteString(manifestHeader)
 	for _, d := range slices.Sorted(maps.Keys(dirs)) {
@@ -361,8 +453,11 @@ func (w *Writer) saveManifest(files []string, dirs map[string]bool) error {
 	for _, p := range files {
 		b.WriteString("f" + p + "\x00")
 	}
+	for _, rec := range extra {
+		b.Write(rec)
+	}
 	tmp := randomName(tmpPrefix)
-	if err := w.createFile(tmp, b.Bytes(), !w.opts.NoSync); err != nil {
+	if err := w.createFileMode(tmp, b.Bytes(), !w.opts.NoSync, manifestMode); err != nil {
 		return fmt.Errorf("writing the manifest: %w", err)
 	}
 	if err := w.root.Rename(tmp, manifestName); err != nil {
@@ -370,12 +465,18 @@ func (w *Writer) saveManifest(files []string, dirs map[string]bool) error {
 		return fmt.Errorf("writing the manifest: %w", err)
 	}
 	w.manifestStale = false
+	w.journal = w.journal[:0]
+	w.records = len(files) + len(dirs)
 	return w.syncDir(".")
 }
 
 // readManifest returns the files and directories the manifest lists; none if it is missing.
 // Paths are NUL-terminated, since keys may hold any other byte.
 func (w *Writer) readManifest() (files, dirs []string, err error) {
+	fileSet, dirSet := map[string]bool{}, map[string]bool{}
+	defer func() {
+		files, dirs = slices.Sorted(maps.Keys(fileSet)), slices.Sorted(maps.Keys(dirSet))
+	}()
 	data, err := w.readFile(manifestName)
 	if isNotExist(err) {
 		return nil, nil, nil
@@ -389,16 +490,24 @@ func (w *Writer) readManifest() (files, dirs []string, err error) {
 	}
 	for len(rest) > 0 {
 		rec, tail, found := bytes.Cut(rest, []byte{0})
-		if !found || len(rec) < 2 {
+		if !found {
+			break // the tail of an append a crash interrupted
+		}
+		if len(rec) < 2 {
 			return nil, nil, fmt.Errorf("writer: %s is truncated or corrupt; remove it", filepath.Join(w.absDir, manifestName))
 		}
-		switch rec[0] {
+		switch p := string(rec[1:]); rec[0] {
 		case 'd':
-			dirs = append(dirs, string(rec[1:]))
+			dirSet[p] = true
+		case 'D':
+			delete(dirSet, p)
 		case 'f':
-			files = append(files, string(rec[1:]))
+			fileSet[p] = true
+		case 'F':
+			delete(fileSet, p)
 		}
+		w.records++
 		rest = tail
 	}
-	return files, dirs, nil
+	return nil, nil, nil
 }

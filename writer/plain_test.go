@@ -2,6 +2,7 @@ package writer
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,7 +26,7 @@ func TestPlainWritesFilesInPlace(t *testing.T) {
 	if os.SameFile(fi1, fi2) {
 		t.Error("cert.pem was modified in place, not replaced by a rename")
 	}
-	if got := names(t, dir); !slices.Equal(got, []string{"..etcd-config-dispenser.manifest", "cert.pem", "sub"}) {
+	if got := names(t, dir); !slices.Equal(got, []string{lockName, manifestName, "cert.pem", "sub"}) {
 		t.Errorf("target holds %v", got)
 	}
 }
@@ -129,4 +130,51 @@ func TestPlainCorruptManifestStopsOpen(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, manifestName)); errors.Is(err, os.ErrNotExist) {
 		t.Error("the file was removed")
 	}
+}
+
+// The manifest is a journal: a new or removed key appends a record instead of rewriting the
+// list of everything (a change costs what changed); it is compacted when records pile up, and
+// a record torn by a crash is ignored.
+func TestPlainManifestIsAppendedAndCompacted(t *testing.T) {
+	w, dir := open(t, Plain)
+	all := tree{}
+	for i := range 1000 {
+		all[fmt.Sprintf("d%d/k%d", i%10, i)] = "v"
+	}
+	mustApply(t, w, full(1, all))
+	manifest := filepath.Join(dir, manifestName)
+	before, _ := os.Stat(manifest)
+	mustApply(t, w, batch(2, put("new/key", "N")))
+	mustApply(t, w, batch(3, del("d0/k0")))
+	if after, _ := os.Stat(manifest); !os.SameFile(before, after) || after.Size()-before.Size() > 100 {
+		t.Errorf("the manifest was rewritten (or grew by %d bytes) for two keys", after.Size()-before.Size())
+	}
+	// A torn record at the end, as a crash during an append leaves it.
+	f, err := os.OpenFile(manifest, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("fd1/k1-torn")
+	f.Close()
+	w.Close()
+	w = openAt(t, Options{Dir: dir, Layout: Plain, UID: -1, GID: -1})
+	delete(all, "d0/k0")
+	all["new/key"] = "N"
+	assertFiles(t, w, all)
+	// What the journal says is ours is removed when its key goes.
+	mustApply(t, w, batch(4, del("new/key")))
+	if _, err := os.Lstat(filepath.Join(dir, "new")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("new/ survived its last key: %v", err)
+	}
+	for i := range 3000 {
+		mustApply(t, w, batch(int64(5+i), put(fmt.Sprintf("churn/%d", i), "c")))
+		mustApply(t, w, batch(int64(5+i), del(fmt.Sprintf("churn/%d", i))))
+	}
+	if fi, _ := os.Stat(manifest); fi.Size() > 3*before.Size() {
+		t.Errorf("the manifest grew to %d bytes (from %d): never compacted", fi.Size(), before.Size())
+	}
+	w.Close()
+	w = openAt(t, Options{Dir: dir, Layout: Plain, UID: -1, GID: -1})
+	delete(all, "new/key")
+	assertFiles(t, w, all)
 }

@@ -13,22 +13,39 @@
 //     the leftovers and the next Full batch converges.
 //   - A batch that leaves the tree (paths and content) as it was changes nothing on disk and
 //     reports Changed=false, so the caller signals its child only on a real change.
+//   - With the Atomic layout, every key of the live version is reachable by its path from the
+//     target at every instant: new top-level names are linked before the swap.
+//   - One writer per target: Open takes an flock on ..etcd-config-dispenser.lock and refuses a
+//     target another process holds, naming its pid. A removed target is recreated at the
+//     next Apply.
+//   - An empty (or nil) value is an empty file; files get exactly Options.Mode, and nothing
+//     older stays more readable than it once a batch has been applied.
+//
+// Cost: an Apply costs what it changes, not what exists. Only the paths a batch touches are
+// compared, and in the Atomic layout a version shares every directory off the changed paths
+// with the previous one (see atomic.go); the Plain layout writes each changed file in place.
 //
 // Memory: the writer keeps a sha256 per key, not the values, except for the few values it
 // cannot read back from disk (keys shadowed by a directory, and changes not yet published).
 package writer
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Change is the new state of one key. Key is relative to the mirrored prefix, as etcd spells it
@@ -102,12 +119,18 @@ type Writer struct {
 	dirMode os.FileMode
 	log     *slog.Logger
 	root    *os.Root
+	lock    *os.File // holds the flock on lockName while the writer is open
+	closed  bool
 	absDir  string
 
 	// The desired state: every accepted key, and for each directory the number of keys below
 	// it. A key with keys below it is shadowed: the directory wins.
 	keys  map[string]*entry
 	below map[string]int
+	// dirty holds the paths whose desired state may differ from the live one: those a batch
+	// touched, and those to rewrite. Only they are compared, so a change costs what changed.
+	// It is cleared once an Apply succeeded.
+	dirty map[string]struct{}
 
 	// The published state: relative path -> sha256 of the files now live, and those of them
 	// whose mode or owner differ from Options (found at Open; they get rewritten).
@@ -115,26 +138,33 @@ type Writer struct {
 	fix  map[string]bool
 
 	// Atomic layout.
-	version  string          // the version directory ..data points at; "" before the first
-	previous string          // the version before it, kept for readers still inside it
-	rebuild  bool            // the live version holds junk or wrong directory modes
-	relink   bool            // check every top-level link at the next Apply
-	unlinked map[string]bool // top-level names taken by an entry that is not ours
+	version  string            // the root directory object ..data points at; "" before the first
+	dirObj   map[string]string // directory path of the live tree ("" for its root) -> its object
+	retired  []string          // objects of the previous version only, kept for readers still inside it
+	rebuild  bool              // the live version holds junk or wrong directory modes
+	relink   bool              // check every top-level link at the next Apply
+	unlinked map[string]bool   // top-level names taken by an entry that is not ours
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
-	manifestStale bool            // the manifest on disk differs from live and dirs
+	obstructed    []string        // paths a foreign entry kept us from writing: still dirty
+	manifestStale bool            // the manifest on disk must be rewritten whole
+	journal       []byte          // records not yet appended to the manifest
+	records       int             // records in the manifest file, for its compaction
 
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
 	// target directory there to see what a kill -9 at that moment would leave.
-	step func(name string)
+	step   func(name string)
+	stepMu sync.Mutex
 }
 
 // entry is one key of the model. value is kept only while the key is shadowed or its content
-// is not live yet; otherwise the bytes are on disk and only the sum is needed.
+// is not live yet; otherwise the bytes are on disk and only the sum is needed. held says
+// which: a nil or empty value is a value (etcd returns nil for ""), never "read it from disk".
 type entry struct {
 	sum   [32]byte
 	value []byte
+	held  bool
 }
 
 // Open validates opts, creates Dir if missing, cleans what a crash left behind, and loads the
@@ -167,29 +197,42 @@ func Open(opts Options) (*Writer, error) {
 		dirMode: dirMode(opts.Mode),
 		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
 		absDir:  abs,
-		keys:    make(map[string]*entry),
-		below:   make(map[string]int),
-		live:    make(map[string][32]byte),
-		fix:     make(map[string]bool),
-		dirs:    make(map[string]bool),
 	}
-	if err := w.openDir(); err != nil {
+	if err := w.open(); err != nil {
 		return nil, err
 	}
-	if opts.Layout == Atomic {
+	w.log.Info("target opened", "files", len(w.live), "version", w.version)
+	return w, nil
+}
+
+// open does the work of Open on a fresh state; Apply calls it again when the target was
+// removed or replaced.
+func (w *Writer) open() error {
+	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
+	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
+	w.dirObj, w.retired = make(map[string]string), nil
+	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
+	if err := w.openDir(); err != nil {
+		return err
+	}
+	var err error
+	if w.opts.Layout == Atomic {
 		err = w.openAtomic()
 	} else {
 		err = w.openPlain()
 	}
 	if err != nil {
-		w.root.Close()
-		return nil, err
+		w.release()
+		return err
 	}
 	for p, sum := range w.live {
-		w.put(p, sum, nil)
+		w.putLive(p, sum)
 	}
-	w.log.Info("target opened", "files", len(w.live), "version", w.version)
-	return w, nil
+	clear(w.dirty)
+	for p := range w.fix {
+		w.dirty[p] = struct{}{}
+	}
+	return nil
 }
 
 // openDir creates the target directory if needed (0755, owned by UID:GID) and opens the root
@@ -214,7 +257,61 @@ func (w *Writer) openDir() error {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.root = root
+	if err := w.lockTarget(); err != nil {
+		w.root.Close()
+		w.root = nil
+		return err
+	}
 	return nil
+}
+
+// lockTarget takes an exclusive flock on lockName, so that two dispensers never work on one
+// target: each would remove the other's versions and links. The kernel drops the lock when
+// the holder exits, even by kill -9, so a stale lock file is harmless. The file holds the
+// holder's pid, for the error the next one gets.
+func (w *Writer) lockTarget() error {
+	f, err := w.root.OpenFile(lockName, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("writer: opening the lock file %s: %w", filepath.Join(w.absDir, lockName), err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("writer: locking %s: %w", filepath.Join(w.absDir, lockName), err)
+		}
+		pid := "unknown"
+		if b, err := io.ReadAll(io.LimitReader(f, 32)); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			pid = string(bytes.TrimSpace(b))
+		}
+		return fmt.Errorf("writer: target %s is in use by another etcd-config-dispenser (pid %s); "+
+			"stop it or choose another target", w.absDir, pid)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		if err != nil {
+			w.log.Warn("cannot write our pid into the lock file", "error", err)
+		}
+	}
+	w.lock = f
+	return nil
+}
+
+// reopenIfGone notices a target directory that was removed or replaced since Open (its path
+// no longer leads to the directory we hold) and opens the one at the path, creating it if
+// needed, with its lock. It reports whether it did: the model then holds only what is in
+// the new directory, and only a Full batch can fill it.
+func (w *Writer) reopenIfGone() (bool, error) {
+	held, herr := w.root.Stat(".")
+	now, nerr := os.Stat(w.absDir)
+	if herr == nil && nerr == nil && os.SameFile(held, now) {
+		return false, nil
+	}
+	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
+	w.release()
+	if err := w.open(); err != nil {
+		return true, err
+	}
+	return true, nil
 }
 
 // checkPrivate refuses a target that another user could write to: such a
@@ -241,41 +338,53 @@ func checkPrivate(dir string) error {
 	return nil
 }
 
-// dirMode is the mode for directories holding files of mode m: x added wherever r is set, so
-// that whoever may read the files may also reach them (0600 -> 0700, 0644 -> 0755).
+// dirMode is the mode for directories holding files of mode m: always rwx for the owner, the
+// writer, whatever m says (0400 or 0200 would lock it out of its own directories), and r-x for
+// group and others where m lets them read. Directories are never writable by others, since
+// only the writer creates entries in them (0600 -> 0700, 0644 -> 0755, 0440 -> 0750,
+// 0200 -> 0700, 0664 -> 0755).
 func dirMode(m os.FileMode) os.FileMode {
-	return m | (m&0o444)>>2
+	r := m & 0o044
+	return 0o700 | r | r>>2
 }
 
 // Apply makes the target show the model after batch b, and reports what changed.
 //
-//  1. Fold the batch into the model of desired keys (fold). Keys that do not map to a safe
-//     path are skipped and logged; the value of a key that a new key below it shadows is
-//     remembered, so the key can reappear when its children are gone.
-//  2. Compute the desired tree (desiredTree): every key with no key below it (the directory
-//     wins), as path -> sha256. The choice depends on the whole model, never on event order.
-//  3. Compare it with the live tree (diff). If they are equal, nothing is written and
+//  0. If the target directory was removed or replaced, open it again, creating it
+//     (reopenIfGone); only a Full batch can fill it, so any other batch fails.
+//  1. Fold the batch into the model of desired keys (fold), marking the paths it touches
+//     dirty. Keys that do not map to a safe path are skipped and logged; the value of a key
+//     that a new key below it shadows is remembered, so the key can reappear when its
+//     children are gone.
+//  2. For each dirty path only, decide whether a file belongs there: a key with no key
+//     below it (the directory wins). The choice depends on the whole model, never on event
+//     order.
+//  3. Compare with the live file (changes). If nothing differs, nothing is written and
 //     Changed is false; with the Atomic layout, missing or stale top-level links are still
 //     healed after Open.
 //
 // The Atomic layout then (applyAtomic):
 //
-//  4. Stage the complete new tree in a fresh version directory named after the time
-//     (stage): unchanged files are hard-linked from the live version, changed ones written
-//     with Mode and owner, directories created with dirMode(Mode).
-//  5. Call Options.Check on the staged directory; an error discards it and keeps the old
-//     version live.
+//  4. Stage the new version (stage): a new directory object for each directory that holds
+//     a changed path and for those above it, up to a new root; unchanged files in them are
+//     hard-linked from the live object, changed ones written with Mode and owner, and
+//     subdirectories off the changed paths are symlinks to their live, shared objects. On a
+//     full disk, the previous version's objects are removed and the stage tried again.
+//  5. Call Options.Check on the staged root; an error discards the new objects and keeps
+//     the old version live.
 //  6. Sync the file system (syncAll: one syncfs), so the new version is durable before it is
 //     visible. Skipped with NoSync.
-//  7. Point the symlink ..data_tmp at the new version and rename it over ..data (swap). This
-//     is the one atomic step: a reader resolving ..data sees the complete old or new tree.
-//  8. Sync the target directory (syncDir), so the rename itself survives a crash.
-//  9. Reconcile the top-level links (relinkChanged, or relinkAll after Open):
-//     name -> ..data/name for each new top-level
-//     name, and remove our links for names that are gone. Names taken by a file that is not
+//  7. Link each new top-level name, name -> ..data/name (linkNew), then point the symlink
+//     ..data_tmp at the new version and rename it over ..data (swap). The rename is the one
+//     atomic step: a reader resolving ..data sees the complete old or new tree, and every
+//     name of the new tree is linked before it goes live. Names taken by a file that is not
 //     ours are left alone and logged.
-//  10. Delete the version before the previous one (pruneOlder). The previous one stays, so a
-//     reader that resolved into it just before the swap can finish.
+//  8. Sync the target directory (syncDir), so the rename itself survives a crash.
+//  9. Remove our links for top-level names that are gone (unlinkGone, or relinkAll after
+//     Open, which also checks every link).
+//  10. Delete the objects only the version before the previous one reached (removeObjects).
+//     The previous version stays whole, so a reader that resolved into it just before the
+//     swap can finish; after a tighter Mode, it goes at once.
 //
 // The Plain layout then (applyPlain):
 //
@@ -287,7 +396,8 @@ func dirMode(m os.FileMode) os.FileMode {
 //  7. Remove directories we created that are now empty (pruneDirs), then write each changed
 //     file: temporary file in the same directory, fsync, rename (writePlain).
 //  8. Sync the directories touched (syncDirs).
-//  9. Write the manifest of what we own, if that changed (saveManifest).
+//  9. Append what changed in what we own to the manifest, a journal, or rewrite it whole
+//     once its records outnumber twice what we own (flushManifest).
 //
 // Finally, values no longer needed are dropped (forget).
 //
@@ -299,21 +409,37 @@ func dirMode(m os.FileMode) os.FileMode {
 // Apply is not safe for concurrent use.
 func (w *Writer) Apply(b Batch) (Result, error) {
 	var res Result
-	if w.root == nil {
+	if w.closed {
 		return res, errors.New("writer: Apply after Close")
 	}
+	if w.root == nil { // a reopen failed: try again
+		if err := w.open(); err != nil {
+			return res, fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", b.Revision, w.absDir, err)
+		}
+	} else if reopened, err := w.reopenIfGone(); err != nil {
+		return res, fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", b.Revision, w.absDir, err)
+	} else if reopened && !b.Full {
+		return res, fmt.Errorf("applying revision %d: the target %s was removed or replaced; it was recreated, "+
+			"and the next full sync fills it", b.Revision, w.absDir)
+	}
+	w.obstructed = w.obstructed[:0]
 	res.Skipped = w.fold(b)
-	want := w.desiredTree()
+	write, remove := w.changes()
 	var err error
 	if w.opts.Layout == Atomic {
-		err = w.applyAtomic(want, &res)
+		err = w.applyAtomic(write, remove, &res)
 	} else {
-		err = w.applyPlain(want, &res)
+		err = w.applyPlain(write, remove, &res)
 	}
 	if err != nil {
 		return res, fmt.Errorf("applying revision %d: %w", b.Revision, err)
 	}
 	w.forget()
+	clear(w.dirty)
+	for _, p := range w.obstructed {
+		w.dirty[p] = struct{}{}
+	}
+	w.obstructed = w.obstructed[:0]
 	if res.Changed {
 		w.log.Info("batch applied", "revision", b.Revision, "written", res.Written,
 			"removed", res.Removed, "skipped", res.Skipped, "version", w.version)
@@ -328,19 +454,31 @@ func (w *Writer) Files() map[string][32]byte {
 	return maps.Clone(w.live)
 }
 
-// Close releases the target directory. The files stay.
+// Close releases the target directory and its lock. The files stay.
 func (w *Writer) Close() error {
-	if w.root == nil {
-		return nil
+	w.closed = true
+	return w.release()
+}
+
+func (w *Writer) release() error {
+	var err error
+	if w.root != nil {
+		err = w.root.Close()
+		w.root = nil
 	}
-	err := w.root.Close()
-	w.root = nil
+	if w.lock != nil {
+		err = errors.Join(err, w.lock.Close())
+		w.lock = nil
+	}
 	return err
 }
 
 // fold is step 1: it applies the changes to the model and returns how many keys it skipped.
 func (w *Writer) fold(b Batch) (skipped int) {
 	if b.Full {
+		for p := range w.live {
+			w.dirty[p] = struct{}{}
+		}
 		w.keys = make(map[string]*entry, len(b.Changes))
 		w.below = make(map[string]int)
 	}
@@ -352,12 +490,13 @@ func (w *Writer) fold(b Batch) (skipped int) {
 			skipped++
 			continue
 		}
+		w.dirty[p] = struct{}{}
 		if c.Delete {
 			w.remove(p)
 			delete(put, p)
 			continue
 		}
-		w.put(p, sha256.Sum256(c.Value), c.Value)
+		w.put(p, sha256.Sum256(c.Value), c.Value, true)
 		put[p] = true
 	}
 	// A key put in this batch, or one whose first child arrived in it, is reported while a
@@ -381,16 +520,20 @@ func (w *Writer) fold(b Batch) (skipped int) {
 	return skipped
 }
 
-// put sets key p in the model. value may be nil only when the content is live on disk.
-func (w *Writer) put(p string, sum [32]byte, value []byte) {
+// putLive sets key p in the model with the content that is live on disk.
+func (w *Writer) putLive(p string, sum [32]byte) { w.put(p, sum, nil, false) }
+
+// put sets key p in the model; held says value is its content (otherwise it is live on disk).
+func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
 	if e, ok := w.keys[p]; ok {
-		e.sum, e.value = sum, value
+		e.sum, e.value, e.held = sum, value, held
 		return
 	}
-	w.keys[p] = &entry{sum: sum, value: value}
+	w.keys[p] = &entry{sum: sum, value: value, held: held}
 	forParents(p, func(d string) {
 		w.below[d]++
 		if w.below[d] == 1 {
+			w.dirty[d] = struct{}{} // a key there is hidden now
 			w.shadow(d)
 		}
 	})
@@ -400,7 +543,7 @@ func (w *Writer) put(p string, sum [32]byte, value []byte) {
 // will be removed, and it must be able to come back.
 func (w *Writer) shadow(d string) {
 	e, ok := w.keys[d]
-	if !ok || e.value != nil {
+	if !ok || e.held {
 		return
 	}
 	data, err := w.readLive(d)
@@ -411,7 +554,7 @@ func (w *Writer) shadow(d string) {
 		forParents(d, func(a string) { w.decBelow(a) })
 		return
 	}
-	e.value, e.sum = data, sha256.Sum256(data)
+	e.value, e.sum, e.held = data, sha256.Sum256(data), true
 }
 
 // remove deletes key p from the model.
@@ -426,10 +569,30 @@ func (w *Writer) remove(p string) {
 func (w *Writer) decBelow(d string) {
 	if w.below[d]--; w.below[d] <= 0 {
 		delete(w.below, d)
+		w.dirty[d] = struct{}{} // a key there shows again
 	}
 }
 
-// desiredTree is step 2.
+// changes is steps 2 and 3: of the dirty paths, those to write (new, changed, or with a wrong
+// mode or owner) and those to remove, both sorted. A path is desired when a key maps to it
+// and no key lies below it (the directory wins), so the choice depends on the whole model,
+// never on event order.
+func (w *Writer) changes() (write, remove []string) {
+	for p := range w.dirty {
+		if e, ok := w.keys[p]; ok && w.below[p] == 0 {
+			if old, ok := w.live[p]; !ok || old != e.sum || w.fix[p] {
+				write = append(write, p)
+			}
+		} else if _, ok := w.live[p]; ok {
+			remove = append(remove, p)
+		}
+	}
+	slices.Sort(write)
+	slices.Sort(remove)
+	return write, remove
+}
+
+// desiredTree is the whole desired tree, path -> sha256, for Check in the Plain layout.
 func (w *Writer) desiredTree() map[string][32]byte {
 	t := make(map[string][32]byte, len(w.keys))
 	for p, e := range w.keys {
@@ -440,40 +603,23 @@ func (w *Writer) desiredTree() map[string][32]byte {
 	return t
 }
 
-// diff is step 3: the paths to write (new, changed, or with a wrong mode or owner) and the
-// paths to remove, both sorted.
-func (w *Writer) diff(want map[string][32]byte) (write, remove []string) {
-	for p, sum := range want {
-		if old, ok := w.live[p]; !ok || old != sum || w.fix[p] {
-			write = append(write, p)
-		}
-	}
-	for p := range w.live {
-		if _, ok := want[p]; !ok {
-			remove = append(remove, p)
-		}
-	}
-	slices.Sort(write)
-	slices.Sort(remove)
-	return write, remove
-}
-
 // content returns the bytes of desired file p: the remembered value, or the live file.
 func (w *Writer) content(p string) ([]byte, error) {
-	if v := w.keys[p].value; v != nil {
-		return v, nil
+	if e := w.keys[p]; e.held {
+		return e.value, nil
 	}
 	return w.readLive(p)
 }
 
-// forget drops the values that are now live on disk and not shadowed.
+// forget drops the values of the dirty paths that are now live on disk and not shadowed.
 func (w *Writer) forget() {
-	for p, e := range w.keys {
-		if e.value == nil || w.below[p] > 0 {
+	for p := range w.dirty {
+		e, ok := w.keys[p]
+		if !ok || !e.held || w.below[p] > 0 {
 			continue
 		}
 		if sum, ok := w.live[p]; ok && sum == e.sum {
-			e.value = nil
+			e.value, e.held = nil, false
 		}
 	}
 }
@@ -498,6 +644,8 @@ func topName(p string) string {
 // marked calls the test hook of the named step.
 func (w *Writer) marked(step string) {
 	if w.step != nil {
+		w.stepMu.Lock() // staging may run on several goroutines
+		defer w.stepMu.Unlock()
 		w.step(step)
 	}
 }

@@ -29,7 +29,7 @@ func TestAtomicFullSyncCreatesLayout(t *testing.T) {
 	}
 	assertTree(t, "visible", visible(t, dir), want)
 	assertFiles(t, w, want)
-	if got := names(t, dir); len(got) != 4 { // ..data, the version, cert.pem, sub
+	if got := names(t, dir); len(got) != 7 { // ..data, objects for /, sub and sub/dir, the lock, cert.pem, sub
 		t.Errorf("target holds %v", got)
 	}
 }
@@ -311,7 +311,7 @@ func TestAtomicOpenCleansLeftovers(t *testing.T) {
 
 	w = openAt(t, Options{Dir: dir, UID: -1, GID: -1})
 	got := names(t, dir)
-	want := []string{"..data", "..someone-elses", live, "a"}
+	want := []string{"..data", "..someone-elses", lockName, live, "a"}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("after Open: %v, want %v", got, want)
@@ -395,7 +395,7 @@ func TestModeAndOwnerAreApplied(t *testing.T) {
 
 func checkOwnerMode(t *testing.T, name string, mode os.FileMode, uid, gid int) {
 	t.Helper()
-	fi, err := os.Lstat(name)
+	fi, err := os.Stat(name) // a subdirectory of a version is a symlink to its object
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,4 +543,83 @@ func TestOpenRefusesATargetOthersCanWrite(t *testing.T) {
 			t.Errorf("mode %v: Open error %v, want a refusal that names the fix", mode, err)
 		}
 	}
+}
+
+// A change makes new directory objects only on its path; every other directory is shared
+// with the previous version, and its files are the same inodes.
+func TestAtomicChangeSharesUnchangedDirectories(t *testing.T) {
+	w, dir := open(t, Atomic)
+	mustApply(t, w, full(1, tree{"top": "T", "d1/a": "A", "d1/deep/b": "B", "d2/c": "C", "d2/x/y/z": "Z"}))
+	link := func(p string) string {
+		t.Helper()
+		target, err := os.Readlink(filepath.Join(dir, "..data", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return target
+	}
+	objects := func() int {
+		n := 0
+		for _, name := range names(t, dir) {
+			if versionName.MatchString(name) {
+				n++
+			}
+		}
+		return n
+	}
+	d2, x, deep, before := link("d2"), link("d2/x"), link("d1/deep"), objects()
+	fiC, _ := os.Stat(filepath.Join(dir, "d2/c"))
+	mustApply(t, w, batch(2, put("d1/a", "A2")))
+	if link("d2") != d2 || link("d2/x") != x || link("d1/deep") != deep {
+		t.Error("a directory off the changed path got a new object")
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "d2/c")); !os.SameFile(fi, fiC) {
+		t.Error("a file off the changed path was copied")
+	}
+	if got := objects() - before; got != 2 { // new objects for / and d1; the old ones stay
+		t.Errorf("%d new directory objects for a change in d1, want 2", got)
+	}
+	assertTree(t, "visible", visible(t, dir), tree{"top": "T", "d1/a": "A2", "d1/deep/b": "B", "d2/c": "C", "d2/x/y/z": "Z"})
+}
+
+// A target written by an earlier release (versions with real subdirectories) is taken over:
+// the first batch rebuilds it in shared directory objects and the old version goes.
+func TestAtomicVersionWithRealSubdirectoriesIsRebuilt(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "target")
+	old := "..2025_01_01_00_00_00.000000000"
+	want := tree{"a": "A", "sub/b": "B", "sub/deep/c": "C"}
+	for p, v := range want {
+		writeFile(t, filepath.Join(dir, old, p), v)
+	}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if d.IsDir() {
+			os.Chmod(p, 0o700)
+		} else {
+			os.Chmod(p, 0o600)
+		}
+		return err
+	})
+	for _, l := range [][2]string{{old, "..data"}, {"..data/a", "a"}, {"..data/sub", "sub"}} {
+		if err := os.Symlink(l[0], filepath.Join(dir, l[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	assertFiles(t, w, want)
+	if res := mustApply(t, w, full(1, want)); !res.Changed {
+		t.Errorf("Result = %+v, want the version rebuilt", res)
+	}
+	assertTree(t, "visible", visible(t, dir), want)
+	if _, err := os.Lstat(filepath.Join(dir, old)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old version stayed: %v", err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "..data", "sub")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("..data/sub is not a link to a shared directory: %v", err)
+	}
+	if res := mustApply(t, w, full(2, want)); res.Changed {
+		t.Errorf("again: %+v, want no change", res)
+	}
+	mustApply(t, w, batch(3, put("sub/deep/c", "C3")))
+	want["sub/deep/c"] = "C3"
+	assertTree(t, "after a change", visible(t, dir), want)
 }
