@@ -1,6 +1,6 @@
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test demo bench
+.PHONY: build test demo bench bench-smoke
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o etcd-config-dispenser .
 
@@ -12,3 +12,7 @@ demo:
 
 bench:
 	go run ./bench
+
+# A few seconds with tiny sizes: checks that the benchmark works (CI), no thresholds.
+bench-smoke:
+	go run ./bench -smoke
