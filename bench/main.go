@@ -7,7 +7,7 @@
 //	go run ./bench -smoke                            # a few seconds, for CI: no thresholds
 //	go run ./bench -fleet 50,200 -peer ...           # many dispensers on one etcd, and via grpc-proxy
 //
-// It builds our binary as `make build` does (CGO_ENABLED=0), starts etcd on loopback (in-process,
+// It builds our binary as `make build` does (CGO_ENABLED=0, -tags grpcnotrace), starts etcd on loopback (in-process,
 // or the etcd binary given with -etcd) with its data in -dir (tmpfs), and runs each dispenser
 // with only the original's flags (--prefix, --target, --signal=SIGHUP) on a target in -dir, with
 // a tiny child (bench/child) that reports over a unix socket when it started and when it got
@@ -61,6 +61,9 @@ var (
 	fleetPut = flag.Int("fleet-puts", 20, "puts per fleet for the fan-out latency")
 	idleFor  = flag.Duration("fleet-idle", 10*time.Second, "how long to read etcd's CPU while a fleet idles")
 	noProxy  = flag.Bool("no-proxy", false, "fleet: skip the runs through etcd's grpc-proxy")
+	logsDir  = flag.String("logs", "", "also write each dispenser's output to DIR/<run>.log")
+	traceTo  = flag.String("trace", "", "latency figure: write each put's times (unix ns: sent, acknowledged, SIGHUP) to FILE")
+	only     = flag.String("only", "", "run only these figure groups: start,many,idle,latency,big,burst")
 )
 
 func main() {
@@ -122,7 +125,7 @@ func benchmain() error {
 	b := &bench{dir: dir, child: filepath.Join(bins, "child")}
 	ours := binary{name: "ours", path: filepath.Join(bins, "etcd-config-dispenser"), flags: strings.Fields(*ourFlags)}
 	for _, args := range [][]string{
-		{"-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", ours.path, "github.com/etcd-config-dispenser/etcd-config-dispenser"},
+		{"-tags", "grpcnotrace", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", ours.path, "github.com/etcd-config-dispenser/etcd-config-dispenser"},
 		{"-trimpath", "-o", b.child, "github.com/etcd-config-dispenser/etcd-config-dispenser/bench/child"},
 	} {
 		build := exec.Command("go", append([]string{"build"}, args...)...)
@@ -133,6 +136,16 @@ func benchmain() error {
 		}
 	}
 	b.bins = []binary{ours}
+	// Same page-cache state for every binary: the RSS of a process counts the pages of its
+	// binary it maps, and how many a fault maps depends on how the file got into the page cache
+	// (written by go build's linker, copied, read ahead from disk).
+	built := ours.path + ".built"
+	if err := os.Rename(ours.path, built); err != nil {
+		return err
+	}
+	if err := copyFile(built, ours.path); err != nil {
+		return err
+	}
 	if *peerPath != "" {
 		p, err := filepath.Abs(*peerPath)
 		if err != nil {
@@ -144,6 +157,12 @@ func benchmain() error {
 			return fmt.Errorf("-peer: %w", err)
 		}
 		b.bins = append(b.bins, peer)
+	}
+
+	for _, bin := range b.bins {
+		if err := evict(bin.path); err != nil {
+			return err
+		}
 	}
 
 	b.etcd, b.cli, err = startEtcd(filepath.Join(dir, "etcd"), *etcdBin)
@@ -176,21 +195,28 @@ func (b *bench) figures() error {
 	if *smoke {
 		many = 1000
 	}
-	for _, f := range []func() error{
-		func() error { return b.start(10, 1024, *runs, 0, false) },
-		func() error { return b.start(many, 1024, *runs, *changes, true) },
-		b.idleRSS,
-		b.latency,
-		func() error {
+	groups := []struct {
+		name string
+		f    func() error
+	}{
+		{"start", func() error { return b.start(10, 1024, *runs, 0, false) }},
+		{"many", func() error { return b.start(many, 1024, *runs, *changes, true) }},
+		{"idle", b.idleRSS},
+		{"latency", b.latency},
+		{"big", func() error {
 			if *bigN == 0 {
 				return nil
 			}
 			return b.start(*bigN, 100, max(1, min(*runs, 3)), *changes, false)
-		},
-		b.burst,
-	} {
-		if err := f(); err != nil {
-			return err
+		}},
+		{"burst", b.burst},
+	}
+	for _, g := range groups {
+		if *only != "" && !slices.Contains(strings.Split(*only, ","), g.name) {
+			continue
+		}
+		if err := g.f(); err != nil {
+			return fmt.Errorf("%s: %w", g.name, err)
 		}
 	}
 	return nil
@@ -292,8 +318,8 @@ func (b *bench) idleRSS() error {
 		file, _ := procStatus(r.pid(), "RssFile")
 		shmem, _ := procStatus(r.pid(), "RssShmem")
 		rss.add(bin, float64(kb)/1024)
-		detail[bin.name] = fmt.Sprintf("anon %.1f + file %.1f + shmem %.1f", float64(anon)/1024, float64(file)/1024,
-			float64(shmem)/1024)
+		detail[bin.name] = fmt.Sprintf("anon %.1f + file %.1f + shmem %.1f; the binary's pages: %s", float64(anon)/1024,
+			float64(file)/1024, float64(shmem)/1024, binaryPages(r.pid(), bin.path))
 		return nil
 	})
 	if err != nil {
@@ -329,6 +355,14 @@ func (b *bench) latency() error {
 	}
 	time.Sleep(200 * time.Millisecond)
 	sent, acked := b.samples(), b.samples()
+	var trace *os.File
+	if *traceTo != "" {
+		var err error
+		if trace, err = os.Create(*traceTo); err != nil {
+			return err
+		}
+		defer trace.Close()
+	}
 	i := 0
 	err := b.interleave(*puts, func(bin binary) error {
 		i++
@@ -345,6 +379,9 @@ func (b *bench) latency() error {
 		}
 		sent.add(bin, ms(at.Sub(t0)))
 		acked.add(bin, ms(at.Sub(t1)))
+		if trace != nil {
+			fmt.Fprintf(trace, "%s %d %d %d\n", bin.name, t0.UnixNano(), t1.UnixNano(), at.UnixNano())
+		}
 		return nil
 	})
 	if err != nil {

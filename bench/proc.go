@@ -102,8 +102,16 @@ func (h *hub) launch(bin binary, dir, child, endpoint, prefix string) (*run, tim
 	// Its own process group: the original, when its child dies by a signal, sends that
 	// signal to its process group.
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	r.cmd.Stdout = &r.stderr
-	r.cmd.Stderr = &r.stderr
+	var out io.Writer = &r.stderr
+	if *logsDir != "" {
+		f, err := os.Create(filepath.Join(*logsDir, id+".log"))
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		defer f.Close() // the child process has its own copy
+		out = f
+	}
+	r.cmd.Stdout, r.cmd.Stderr = out, out
 	h.mu.Lock()
 	h.runs[id] = r.events
 	h.mu.Unlock()
@@ -246,4 +254,30 @@ func loadavg() string {
 		return "?"
 	}
 	return f[0]
+}
+
+// binaryPages sums the resident pages of the executable's mappings by permission (text r-x,
+// read-only data r--, data rw-), from /proc/PID/smaps.
+func binaryPages(pid int, path string) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return "?"
+	}
+	kb := map[string]int64{}
+	perm := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 6 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+			perm = ""
+			if f[5] == path {
+				perm = f[1][:3]
+			}
+		case perm != "" && len(f) >= 2 && f[0] == "Rss:":
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			kb[perm] += n
+		}
+	}
+	return fmt.Sprintf("text %.1f + rodata %.1f + data %.1f MiB", float64(kb["r-x"])/1024, float64(kb["r--"])/1024,
+		float64(kb["rw-"])/1024)
 }
