@@ -171,3 +171,23 @@ func TestGRPCProxyWatchLagAfterWritesOutsideThePrefix(t *testing.T) {
 		return nil
 	})
 }
+
+// Snapshot pages above 1.5 MiB (the proxy's documented --max-send-bytes default) pass through
+// the proxy: 600 keys of 4 KiB, a certificate chain each, are read 500 keys (2 MB) to a page.
+func TestGRPCProxyLargePages(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	proxy := grpcProxy(t, e)
+	want := map[string]string{}
+	for i := 0; i < 600; i += 100 {
+		var kv []string
+		for j := i; j < i+100; j++ {
+			k := fmt.Sprintf("cert%03d.pem", j)
+			want[k] = strings.Repeat(fmt.Sprintf("%03d", j), 4096/3)
+			kv = append(kv, "/p/"+k, want[k])
+		}
+		txn(t, c, kv...)
+	}
+	d := startAs(t, e, runOpts{Env: []string{"ETCD_ENDPOINTS=" + proxy}}, "reader", "--prefix=/p")
+	etcdtest.Eventually(t, 30*time.Second, equalTree(t, d.target, want))
+}
