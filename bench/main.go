@@ -23,6 +23,7 @@
 //   - 50000 keys of 100 B: start, and one-key change (-big; 0 skips).
 //   - burst: -burst puts of 1 KiB over 1000 keys from 8 writers: SIGHUPs the child got, and the
 //     time from the last put acknowledged until the target shows it (then checked against etcd).
+//     With -soak N, N more puts, and the RSS after them.
 //
 // Ratios are peer / ours: every figure is lower-is-better, so above 1 means ours is better.
 // Figures are noisy on a shared machine: the load average is printed beside each.
@@ -53,6 +54,7 @@ var (
 	puts     = flag.Int("puts", 200, "sequential puts per binary for the latency figures")
 	changes  = flag.Int("changes", 5, "one-key changes per run with many keys present")
 	burstN   = flag.Int("burst", 5000, "puts in the burst")
+	soakN    = flag.Int("soak", 0, "after the burst, this many more puts; RSS before and after (0 skips)")
 	bigN     = flag.Int("big", 50000, "keys of 100 B for the large-prefix figures (0 skips them)")
 	settle   = flag.Duration("settle", 5*time.Second, "wait after the start before reading the idle RSS")
 	ourFlags = flag.String("flags", "", "extra flags for our binary only, e.g. --layout=plain")
@@ -401,7 +403,7 @@ func (b *bench) latency() error {
 func (b *bench) burst() error {
 	const keys = 1000
 	load := loadavg()
-	signals, converged := b.samples(), b.samples()
+	signals, converged, soaked, soakPeak := b.samples(), b.samples(), b.samples(), b.samples()
 	n := 0
 	err := b.interleave(max(1, *runs/2), func(bin binary) error {
 		n++
@@ -437,7 +439,25 @@ func (b *bench) burst() error {
 		}
 		converged.add(bin, ms(at.Sub(last)))
 		signals.add(bin, float64(r.count("hup", time.Second)))
-		return b.sameAsEtcd(prefix, r.target)
+		if err := b.sameAsEtcd(prefix, r.target); err != nil || *soakN == 0 {
+			return err
+		}
+		// The soak: memory must stay flat under a long stream of changes.
+		if err := b.storm(prefix, keys, *soakN); err != nil {
+			return err
+		}
+		want = fmt.Sprintf("soaked %d", n)
+		if _, err := b.cli.Put(context.Background(), prefix+marker, want); err != nil {
+			return err
+		}
+		if _, err := poll(filepath.Join(r.target, marker), []byte(want), 5*time.Minute); err != nil {
+			return fmt.Errorf("%s: %w", bin.name, err)
+		}
+		rss, _ := procStatus(r.pid(), "VmRSS")
+		hwm, _ := procStatus(r.pid(), "VmHWM")
+		soaked.add(bin, float64(rss)/1024)
+		soakPeak.add(bin, float64(hwm)/1024)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -445,6 +465,10 @@ func (b *bench) burst() error {
 	b.add(fmt.Sprintf("burst of %d puts (8 writers, %d keys): signals at the child", *burstN, keys), load,
 		signals.median(""))
 	b.add("burst: last put acknowledged -> the target shows it", load, converged.median("ms"))
+	if *soakN > 0 {
+		b.add(fmt.Sprintf("soak: RSS after %d more puts", *soakN), load, soaked.median("MiB"))
+		b.add("soak: peak RSS (VmHWM) over the burst and the soak", load, soakPeak.median("MiB"))
+	}
 	return nil
 }
 
