@@ -15,7 +15,8 @@
 // median of -runs runs unless said otherwise, runs alternating which binary goes first:
 //
 //   - start: launch -> child running, with 10 keys and with 10000 keys of 1 KiB; peak RSS
-//     (VmHWM) with 10000 keys; one-key change (put -> SIGHUP) with 10000 keys present.
+//     (VmHWM) with 10000 keys, and RSS -settle later; one-key change (put -> SIGHUP) with 10000
+//     keys present.
 //   - idle RSS (VmRSS) with one key, -settle after the child started.
 //   - latency: -puts sequential puts to a prefix of 10 keys, alternating between the binaries:
 //     put sent -> SIGHUP (p50, p99) and put acknowledged -> SIGHUP (p50; negative when the
@@ -248,7 +249,7 @@ func (b *bench) start(n, size, runs, changes int, hwm bool) error {
 		return err
 	}
 	load := loadavg()
-	starts, peaks, changed := b.samples(), b.samples(), b.samples()
+	starts, peaks, changed, settled := b.samples(), b.samples(), b.samples(), b.samples()
 	err := b.interleave(runs, func(bin binary) error {
 		r, t0, err := b.hub.launch(bin, b.dir, b.child, b.etcd.endpoint, prefix)
 		if err != nil {
@@ -277,6 +278,11 @@ func (b *bench) start(n, size, runs, changes int, hwm bool) error {
 			}
 			changed.add(bin, ms(at.Sub(t0)))
 		}
+		if hwm {
+			time.Sleep(*settle)
+			kb, _ := procStatus(r.pid(), "VmRSS")
+			settled.add(bin, float64(kb)/1024)
+		}
 		return nil
 	})
 	if err != nil {
@@ -286,6 +292,9 @@ func (b *bench) start(n, size, runs, changes int, hwm bool) error {
 	b.add(fmt.Sprintf("start, %s -> child running (median of %d)", what, runs), load, starts.median("ms"))
 	if hwm {
 		b.add(fmt.Sprintf("peak RSS (VmHWM), %s", what), load, peaks.median("MiB"))
+	}
+	if hwm {
+		b.add(fmt.Sprintf("RSS %v after the start and changes, %s", *settle, what), load, settled.median("MiB"))
 	}
 	if changes > 0 {
 		b.add(fmt.Sprintf("one-key change with %s present: put -> signal (median of %d)", what, runs*changes), load,
