@@ -98,6 +98,9 @@ func TestThroughGRPCProxy(t *testing.T) {
 	e.Compact(context.Background())
 	e.Bridge.Up()
 	etcdtest.Eventually(t, 30*time.Second, equalTree(t, d.target, map[string]string{"a": "4"}))
+	d.waitEvent("the compaction resync", func(ev event) bool {
+		return ev.What == "hangup" && ev.Files["a"] == "4" && len(ev.Files) == 1
+	})
 
 	// Wiped: revisions restart low, the revision check sees it, everything is read again.
 	e.Wipe()
@@ -106,8 +109,9 @@ func TestThroughGRPCProxy(t *testing.T) {
 	if len(d.stderr.lines("resync")) == 0 {
 		t.Fatalf("no log line about the resync:\n%s", d.stderr.String())
 	}
+	d.waitEvent("the wipe resync", func(ev event) bool { return ev.What == "hangup" && ev.Files["new"] == "y" })
 	if n := d.finalSignals(); n != 4 {
-		t.Fatalf("%d signals, want 4: a=2, a=3, the compaction resync, the wipe resync", n)
+		t.Fatalf("%d signals, want 4: a=2, a=3, the compaction resync, the wipe resync; the child saw %+v", n, d.events())
 	}
 }
 
