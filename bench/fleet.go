@@ -156,12 +156,16 @@ func (b *bench) fleet(f *fleetFigures, bin binary, endpoint string, proxy *serve
 	time.Sleep(*idleFor)
 	f.add(b, fmt.Sprintf("etcd CPU while idle, per minute (%v measured)", *idleFor), bin,
 		ms(cpu(b.etcd)-etcd0)*float64(time.Minute)/float64(*idleFor))
-	var rss int64
+	var rss, pss int64
 	for _, r := range fleet {
 		kb, _ := procStatus(r.pid(), "VmRSS")
 		rss += kb
+		kb, _ = pssOf(r.pid())
+		pss += kb
 	}
 	f.add(b, "RSS per dispenser (mean)", bin, float64(rss)/1024/float64(n))
+	// PSS shares the binary's pages among the processes that map them: what each one adds.
+	f.add(b, "PSS per dispenser (mean)", bin, float64(pss)/1024/float64(n))
 
 	etcd0, proxy0 = cpu(b.etcd), cpu(proxy)
 	for i := 0; i < *fleetPut; i++ {

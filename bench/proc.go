@@ -281,3 +281,17 @@ func binaryPages(pid int, path string) string {
 	return fmt.Sprintf("text %.1f + rodata %.1f + data %.1f MiB", float64(kb["r-x"])/1024, float64(kb["r--"])/1024,
 		float64(kb["rw-"])/1024)
 }
+
+// pssOf returns the proportional set size of pid in kB, from /proc/PID/smaps_rollup.
+func pssOf(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no Pss in /proc/%d/smaps_rollup", pid)
+}
