@@ -168,6 +168,7 @@ func run(args []string) int {
 		return 128 + int(sig.(syscall.Signal))
 	}
 
+	releaseStartMemory()
 	if cfg.Once {
 		if err := <-srcDone; err != nil {
 			return 1

@@ -1,584 +1,604 @@
 // Command bench measures the real etcd-config-dispenser binary against a real etcd, on this
-// machine, and prints one table:
+// machine, and prints one table; with -peer, the same figures for a second binary (the
+// original etcd-config-dispenser) in the same run, interleaved, with a ratio per figure:
 //
-//	go run ./bench            # or: make bench
+//	go run ./bench                                   # or: make bench
+//	go run ./bench -peer /tmp/original-dispenser -etcd /usr/bin/etcd
+//	go run ./bench -smoke                            # a few seconds, for CI: no thresholds
+//	go run ./bench -fleet 50,200 -peer ...           # many dispensers on one etcd, and via grpc-proxy
 //
-// It builds the binary as `make build` does (CGO_ENABLED=0), starts etcd in-process on loopback
-// (data on /dev/shm), and runs the dispenser with --fsync=false on a target in /dev/shm, with a
-// tiny child (bench/child) that reports over a unix socket when it started and when it got each
-// SIGHUP. Figures:
+// It builds our binary as `make build` does (CGO_ENABLED=0, -tags grpcnotrace), starts etcd on loopback (in-process,
+// or the etcd binary given with -etcd) with its data in -dir (tmpfs), and runs each dispenser
+// with only the original's flags (--prefix, --target, --signal=SIGHUP) on a target in -dir, with
+// a tiny child (bench/child) that reports over a unix socket when it started and when it got
+// each SIGHUP. Keys are flat (the original cannot create subdirectories). Figures, each the
+// median of -runs runs unless said otherwise, runs alternating which binary goes first:
 //
-//   - startup: launch of the dispenser -> child started, with 10, 1000 and 10000 keys of 1 KiB
-//     (median of -runs runs); peak RSS (VmHWM) with 10000 keys; CPU (utime+stime) over 10 s idle.
-//   - latency: put acknowledged by etcd -> child got SIGHUP, for -puts sequential puts (p50, p99).
-//   - burst: 5000 puts of 1 KiB over 1000 keys from 8 concurrent writers -> time from the last
-//     put acknowledged until the dispenser applied etcd's last revision (the target then equals
-//     etcd, which is checked), and the signals sent and received.
-//   - soak: -soak puts over the same 1000 keys from 8 writers; RSS before and after.
+//   - start: launch -> child running, with 10 keys and with 10000 keys of 1 KiB; peak RSS
+//     (VmHWM) with 10000 keys, and RSS -settle later; one-key change (put -> SIGHUP) with 10000
+//     keys present.
+//   - idle RSS (VmRSS) with one key, -settle after the child started.
+//   - latency: -puts sequential puts to a prefix of 10 keys, alternating between the binaries:
+//     put sent -> SIGHUP (p50, p99) and put acknowledged -> SIGHUP (p50; negative when the
+//     signal came before the acknowledgement).
+//   - 50000 keys of 100 B: start, and one-key change (-big; 0 skips).
+//   - burst: -burst puts of 1 KiB over 1000 keys from 8 writers: SIGHUPs the child got, and the
+//     time from the last put acknowledged until the target shows it (then checked against etcd).
+//     With -soak N, N more puts, and the RSS after them.
+//
+// Ratios are peer / ours: every figure is lower-is-better, so above 1 means ours is better.
+// Figures are noisy on a shared machine: the load average is printed beside each.
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"math"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
 )
 
 var (
-	runs    = flag.Int("runs", 5, "runs per startup size (the median is reported)")
-	puts    = flag.Int("puts", 200, "sequential puts for the latency figures")
-	burstN  = flag.Int("burst", 5000, "puts in the burst")
-	soakN   = flag.Int("soak", 100000, "puts in the memory soak")
-	idleFor = flag.Duration("idle", 10*time.Second, "how long to measure CPU while idle")
-	layout  = flag.String("layout", "atomic", "--layout of the dispenser")
-	only    = flag.Bool("startup-only", false, "measure only startup, peak RSS and idle CPU")
-	tmpBase = flag.String("dir", "/dev/shm", "where the target and etcd's data go (tmpfs)")
+	peerPath = flag.String("peer", "", "a second dispenser binary to measure in the same run (the original: see the README)")
+	etcdBin  = flag.String("etcd", "", "run this etcd binary (e.g. /usr/bin/etcd, Debian's 3.4) instead of etcd 3.6 in-process")
+	smoke    = flag.Bool("smoke", false, "a few seconds with tiny sizes, to check that the benchmark works (CI)")
+	runs     = flag.Int("runs", 5, "runs per start figure (the median is reported)")
+	puts     = flag.Int("puts", 200, "sequential puts per binary for the latency figures")
+	changes  = flag.Int("changes", 5, "one-key changes per run with many keys present")
+	burstN   = flag.Int("burst", 5000, "puts in the burst")
+	soakN    = flag.Int("soak", 0, "after the burst, this many more puts; RSS before and after (0 skips)")
+	bigN     = flag.Int("big", 50000, "keys of 100 B for the large-prefix figures (0 skips them)")
+	settle   = flag.Duration("settle", 5*time.Second, "wait after the start before reading the idle RSS")
+	ourFlags = flag.String("flags", "", "extra flags for our binary only, e.g. --layout=plain")
+	tmpBase  = flag.String("dir", "/dev/shm", "where the targets and etcd's data go (tmpfs)")
+	fleet    = flag.String("fleet", "", "instead of the figures: fan-out with N dispensers per binary, e.g. 50,200")
+	fleetPut = flag.Int("fleet-puts", 20, "puts per fleet for the fan-out latency")
+	idleFor  = flag.Duration("fleet-idle", 10*time.Second, "how long to read etcd's CPU while a fleet idles")
+	noProxy  = flag.Bool("no-proxy", false, "fleet: skip the runs through etcd's grpc-proxy")
+	logsDir  = flag.String("logs", "", "also write each dispenser's output to DIR/<run>.log")
+	traceTo  = flag.String("trace", "", "latency figure: write each put's times (unix ns: sent, acknowledged, SIGHUP) to FILE")
+	only     = flag.String("only", "", "run only these figure groups: start,many,idle,latency,big,burst")
 )
 
 func main() {
 	flag.Parse()
-	if err := bench(); err != nil {
+	if *smoke {
+		*runs, *puts, *changes, *burstN, *bigN, *settle = 1, 10, 1, 200, 0, 200*time.Millisecond
+		*fleetPut, *idleFor = 3, time.Second
+	}
+	if err := benchmain(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-type env struct {
-	tmp, bin, child, sock, endpoint string
-	cli                             *clientv3.Client
-	events                          chan childEvent
-	n                               int // dispenser runs, for unique targets
+// bench holds what every figure uses.
+type bench struct {
+	dir, child string
+	bins       []binary // ours, then the peer
+	hub        *hub
+	etcd       *server
+	cli        *clientv3.Client
+	rows       []row
 }
 
-type childEvent struct {
-	what string
-	at   time.Time
+// row is one figure: a cell per binary, and the ratio peer/ours when it means something.
+type row struct {
+	figure string
+	cells  []string
+	ratio  string
+	load   string
 }
 
-func bench() error {
-	tmp, err := os.MkdirTemp(*tmpBase, "ecd-bench-")
+// summary is one binary's result for a figure: the text shown, and the value the ratio uses
+// (NaN: no ratio).
+type summary struct {
+	text  string
+	value float64
+}
+
+func benchmain() error {
+	if *fleet != "" && *etcdBin == "" {
+		if _, err := os.Stat("/usr/bin/etcd"); err != nil {
+			return fmt.Errorf("-fleet reads etcd's CPU time, so it needs an etcd binary: give -etcd PATH")
+		}
+		*etcdBin = "/usr/bin/etcd"
+	}
+	dir, err := os.MkdirTemp(*tmpBase, "ecd-bench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	e := &env{tmp: tmp, bin: filepath.Join(tmp, "etcd-config-dispenser"), child: filepath.Join(tmp, "child"),
-		sock: filepath.Join(tmp, "child.sock"), events: make(chan childEvent, 1<<16)}
-
-	for _, b := range [][]string{
-		{"-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", e.bin, "github.com/etcd-config-dispenser/etcd-config-dispenser"},
-		{"-trimpath", "-o", e.child, "github.com/etcd-config-dispenser/etcd-config-dispenser/bench/child"},
+	defer os.RemoveAll(dir)
+	// The binaries sit on a disk, as in a container image: on tmpfs their pages would count as
+	// shared memory in the RSS figures.
+	bins, err := os.MkdirTemp("", "ecd-bench-bin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(bins)
+	b := &bench{dir: dir, child: filepath.Join(bins, "child")}
+	ours := binary{name: "ours", path: filepath.Join(bins, "etcd-config-dispenser"), flags: strings.Fields(*ourFlags)}
+	for _, args := range [][]string{
+		{"-tags", "grpcnotrace", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", ours.path, "github.com/etcd-config-dispenser/etcd-config-dispenser"},
+		{"-trimpath", "-o", b.child, "github.com/etcd-config-dispenser/etcd-config-dispenser/bench/child"},
 	} {
-		build := exec.Command("go", append([]string{"build"}, b...)...)
+		build := exec.Command("go", append([]string{"build"}, args...)...)
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("go build: %w", err)
 		}
 	}
+	b.bins = []binary{ours}
+	// Same page-cache state for every binary: the RSS of a process counts the pages of its
+	// binary it maps, and how many a fault maps depends on how the file got into the page cache
+	// (written by go build's linker, copied, read ahead from disk).
+	built := ours.path + ".built"
+	if err := os.Rename(ours.path, built); err != nil {
+		return err
+	}
+	if err := copyFile(built, ours.path); err != nil {
+		return err
+	}
+	if *peerPath != "" {
+		p, err := filepath.Abs(*peerPath)
+		if err != nil {
+			return err
+		}
+		// A copy beside ours, so that both are read from the same file system.
+		peer := binary{name: filepath.Base(p), path: filepath.Join(bins, "peer-"+filepath.Base(p))}
+		if err := copyFile(p, peer.path); err != nil {
+			return fmt.Errorf("-peer: %w", err)
+		}
+		b.bins = append(b.bins, peer)
+	}
 
-	cfg, err := etcdtest.Config(filepath.Join(tmp, "etcd"))
+	for _, bin := range b.bins {
+		if err := evict(bin.path); err != nil {
+			return err
+		}
+	}
+
+	b.etcd, b.cli, err = startEtcd(filepath.Join(dir, "etcd"), *etcdBin)
+	if err != nil {
+		return fmt.Errorf("starting etcd: %w", err)
+	}
+	defer b.etcd.close()
+	defer b.cli.Close()
+	if b.hub, err = newHub(filepath.Join(dir, "child.sock")); err != nil {
+		return err
+	}
+
+	fmt.Printf("command: %s\n", strings.Join(os.Args, " "))
+	fmt.Printf("machine: %d CPUs, %s; etcd %s on loopback; targets and etcd data in %s; load %s at start\n\n",
+		runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339), b.etcd.version, *tmpBase, loadavg())
+	if *fleet != "" {
+		err = b.fleets(*fleet)
+	} else {
+		err = b.figures()
+	}
 	if err != nil {
 		return err
 	}
-	cfg.QuotaBackendBytes = 8 << 30
-	etcd, cli, err := etcdtest.Run(cfg)
-	if err != nil {
-		return err
-	}
-	defer etcd.Close()
-	defer cli.Close()
-	e.cli, e.endpoint = cli, cfg.ListenClientUrls[0].String()
-
-	ln, err := net.Listen("unix", e.sock)
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	go e.accept(ln)
-
-	fmt.Printf("machine: %d CPUs, target and etcd data in %s, layout %s, --fsync=false\n\n", numCPU(), *tmpBase, *layout)
-	var rows [][2]string
-	row := func(k, v string) {
-		rows = append(rows, [2]string{k, v})
-		fmt.Printf("%-52s %s\n", k, v)
-	}
-	if err := e.startup(row); err != nil {
-		return err
-	}
-	if *only {
-		return nil
-	}
-	if err := e.latency(row); err != nil {
-		return err
-	}
-	if err := e.burstAndSoak(row); err != nil {
-		return err
-	}
-	fmt.Println("\n| measure | result |\n| --- | --- |")
-	for _, r := range rows {
-		fmt.Printf("| %s | %s |\n", r[0], r[1])
-	}
+	b.table()
 	return nil
 }
 
-func (e *env) accept(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			sc := bufio.NewScanner(c)
-			for sc.Scan() {
-				what, ns, _ := strings.Cut(sc.Text(), " ")
-				n, _ := strconv.ParseInt(ns, 10, 64)
-				e.events <- childEvent{what, time.Unix(0, n)}
+func (b *bench) figures() error {
+	many := 10000
+	if *smoke {
+		many = 1000
+	}
+	groups := []struct {
+		name string
+		f    func() error
+	}{
+		{"start", func() error { return b.start(10, 1024, *runs, 0, false) }},
+		{"many", func() error { return b.start(many, 1024, *runs, *changes, true) }},
+		{"idle", b.idleRSS},
+		{"latency", b.latency},
+		{"big", func() error {
+			if *bigN == 0 {
+				return nil
 			}
-		}()
+			return b.start(*bigN, 100, max(1, min(*runs, 3)), *changes, false)
+		}},
+		{"burst", b.burst},
 	}
-}
-
-// next waits for the child's next event of the given kind.
-func (e *env) next(what string, timeout time.Duration) (time.Time, error) {
-	deadline := time.After(timeout)
-	for {
-		select {
-		case ev := <-e.events:
-			if ev.what == what {
-				return ev.at, nil
-			}
-		case <-deadline:
-			return time.Time{}, fmt.Errorf("the child did not report %q within %v", what, timeout)
-		}
-	}
-}
-
-// count counts the child's events of one kind until there are want of them or wait passes
-// without one (the kernel merges a signal that arrives while the same one is pending).
-func (e *env) count(what string, want int, wait time.Duration) int {
-	n := 0
-	for n < want {
-		select {
-		case ev := <-e.events:
-			if ev.what == what {
-				n++
-			}
-		case <-time.After(wait):
-			return n
-		}
-	}
-	return n
-}
-
-func (e *env) drain() {
-	for {
-		select {
-		case <-e.events:
-		default:
-			return
-		}
-	}
-}
-
-// dispenser is one run of the binary; its JSON log lines are read as they come.
-type dispenser struct {
-	cmd     *exec.Cmd
-	target  string
-	mu      sync.Mutex
-	applied int64     // highest revision of a "batch applied" or "snapshot applied" line
-	at      time.Time // when that line was read
-	signals int       // "signal sent" lines
-	done    chan struct{}
-	stderr  bytes.Buffer
-	notify  chan struct{}
-}
-
-func (e *env) launch(prefix string) (*dispenser, time.Time, error) {
-	e.n++
-	e.drain()
-	d := &dispenser{target: filepath.Join(e.tmp, fmt.Sprintf("target-%d", e.n)), done: make(chan struct{}),
-		notify: make(chan struct{}, 1)}
-	d.cmd = exec.Command(e.bin, "--prefix="+prefix, "--target="+d.target, "--fsync=false", "--layout="+*layout,
-		"--log-format=json", "--", e.child)
-	d.cmd.Env = append(os.Environ(), "ETCD_ENDPOINTS="+e.endpoint, "BENCH_SOCKET="+e.sock)
-	out, err := d.cmd.StderrPipe()
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	t0 := time.Now()
-	if err := d.cmd.Start(); err != nil {
-		return nil, t0, err
-	}
-	go d.read(out)
-	return d, t0, nil
-}
-
-func (d *dispenser) read(r io.Reader) {
-	defer close(d.done)
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		var line struct {
-			Msg      string
-			Revision int64
-		}
-		if json.Unmarshal(sc.Bytes(), &line) != nil {
+	for _, g := range groups {
+		if *only != "" && !slices.Contains(strings.Split(*only, ","), g.name) {
 			continue
 		}
-		now := time.Now()
-		d.mu.Lock()
-		d.stderr.Write(append(sc.Bytes(), '\n'))
-		switch line.Msg {
-		case "batch applied", "snapshot applied":
-			if line.Revision > d.applied {
-				d.applied, d.at = line.Revision, now
-			}
-		case "signal sent":
-			d.signals++
-		}
-		d.mu.Unlock()
-		select {
-		case d.notify <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// appliedAt waits until the dispenser logged a batch at revision rev or later, and returns when.
-func (d *dispenser) appliedAt(rev int64, timeout time.Duration) (time.Time, error) {
-	deadline := time.After(timeout)
-	for {
-		d.mu.Lock()
-		ok, at := d.applied >= rev, d.at
-		d.mu.Unlock()
-		if ok {
-			return at, nil
-		}
-		select {
-		case <-d.notify:
-		case <-d.done:
-			return time.Time{}, fmt.Errorf("the dispenser exited:\n%s", d.stderr.String())
-		case <-deadline:
-			return time.Time{}, fmt.Errorf("revision %d not applied within %v", rev, timeout)
-		}
-	}
-}
-
-func (d *dispenser) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	<-d.done
-	_ = d.cmd.Wait()
-	os.RemoveAll(d.target)
-}
-
-func (e *env) load(prefix string, n int, value []byte) (int64, error) {
-	ctx := context.Background()
-	var rev int64
-	for i := 0; i < n; i += 128 {
-		var ops []clientv3.Op
-		for j := i; j < min(n, i+128); j++ {
-			ops = append(ops, clientv3.OpPut(fmt.Sprintf("%sd%02d/k%05d", prefix, j%100, j), string(value)))
-		}
-		resp, err := e.cli.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return 0, err
-		}
-		rev = resp.Header.Revision
-	}
-	return rev, nil
-}
-
-func (e *env) startup(row func(k, v string)) error {
-	value := bytes.Repeat([]byte("x"), 1024)
-	for _, n := range []int{10, 1000, 10000} {
-		prefix := fmt.Sprintf("/start%d/", n)
-		if _, err := e.load(prefix, n, value); err != nil {
-			return err
-		}
-		var times, hwms []float64
-		for r := 0; r < *runs; r++ {
-			d, t0, err := e.launch(prefix)
-			if err != nil {
-				return err
-			}
-			at, err := e.next("start", 60*time.Second)
-			if err != nil {
-				d.stop()
-				return err
-			}
-			times = append(times, float64(at.Sub(t0).Microseconds())/1000)
-			hwm, _ := procStatus(d.cmd.Process.Pid, "VmHWM")
-			hwms = append(hwms, float64(hwm)/1024)
-			if n == 10000 && r == *runs-1 {
-				if err := e.idle(d, row); err != nil {
-					d.stop()
-					return err
-				}
-			}
-			d.stop()
-		}
-		row(fmt.Sprintf("startup, %d keys of 1 KiB (median of %d)", n, *runs),
-			fmt.Sprintf("%.1f ms (min %.1f, max %.1f)", median(times), slices.Min(times), slices.Max(times)))
-		if n == 10000 {
-			row("peak RSS (VmHWM) after startup with 10000 keys", fmt.Sprintf("%.1f MiB (max %.1f)", median(hwms), slices.Max(hwms)))
+		if err := g.f(); err != nil {
+			return fmt.Errorf("%s: %w", g.name, err)
 		}
 	}
 	return nil
 }
 
-// idle measures the CPU the dispenser uses while nothing changes.
-func (e *env) idle(d *dispenser, row func(k, v string)) error {
-	before, err := cpuTicks(d.cmd.Process.Pid)
-	if err != nil {
-		return err
+// interleave calls f n times for each binary, alternating which one goes first.
+func (b *bench) interleave(n int, f func(bin binary) error) error {
+	for i := 0; i < n; i++ {
+		order := slices.Clone(b.bins)
+		if i%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, bin := range order {
+			if err := f(bin); err != nil {
+				return err
+			}
+		}
 	}
-	time.Sleep(*idleFor)
-	after, err := cpuTicks(d.cmd.Process.Pid)
-	if err != nil {
-		return err
-	}
-	ms := float64(after-before) * 10 // USER_HZ is 100 on Linux
-	row(fmt.Sprintf("CPU while idle for %v (10000 keys)", *idleFor),
-		fmt.Sprintf("%.0f ms (%.2f%% of one core)", ms, ms/float64(idleFor.Milliseconds())*100))
 	return nil
 }
 
-// running loads n keys of 1 KiB under prefix and returns a dispenser whose child has started.
-func (e *env) running(prefix string, n int) (*dispenser, error) {
-	if _, err := e.load(prefix, n, bytes.Repeat([]byte("x"), 1024)); err != nil {
-		return nil, err
-	}
-	d, _, err := e.launch(prefix)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := e.next("start", 60*time.Second); err != nil {
-		d.stop()
-		return nil, err
-	}
-	return d, nil
-}
-
-func (e *env) latency(row func(k, v string)) error {
-	prefix := "/latency/"
-	d, err := e.running(prefix, 10)
-	if err != nil {
+// start measures launch -> child running with n keys of size bytes, and optionally peak RSS
+// and one-key changes with them present.
+func (b *bench) start(n, size, runs, changes int, hwm bool) error {
+	prefix := fmt.Sprintf("/start-%d-%d/", n, size)
+	if _, err := b.load(prefix, n, size); err != nil {
 		return err
 	}
-	defer d.stop()
-	var lat []float64
-	ctx := context.Background()
-	for i := 0; i < *puts; i++ {
-		value := fmt.Sprintf("%d%s", i, bytes.Repeat([]byte("y"), 1000))
-		if _, err := e.cli.Put(ctx, fmt.Sprintf("%sd%02d/k%05d", prefix, i%10, i%10), value); err != nil {
-			return err
-		}
-		committed := time.Now()
-		at, err := e.next("hup", 10*time.Second)
+	load := loadavg()
+	starts, peaks, changed, settled := b.samples(), b.samples(), b.samples(), b.samples()
+	err := b.interleave(runs, func(bin binary) error {
+		r, t0, err := b.hub.launch(bin, b.dir, b.child, b.etcd.endpoint, prefix)
 		if err != nil {
 			return err
 		}
-		lat = append(lat, math.Max(0, float64(at.Sub(committed).Microseconds())/1000))
+		defer r.stop()
+		at, err := r.next("start", 5*time.Minute)
+		if err != nil {
+			return err
+		}
+		starts.add(bin, ms(at.Sub(t0)))
+		if hwm {
+			kb, _ := procStatus(r.pid(), "VmHWM")
+			peaks.add(bin, float64(kb)/1024)
+		}
+		for i := 0; i < changes; i++ {
+			time.Sleep(100 * time.Millisecond) // let the start's garbage collection finish
+			r.drain()
+			t0 := time.Now()
+			if _, err := b.cli.Put(context.Background(), key(prefix, i%n), fresh(size)); err != nil {
+				return err
+			}
+			at, err := r.next("hup", time.Minute)
+			if err != nil {
+				return err
+			}
+			changed.add(bin, ms(at.Sub(t0)))
+		}
+		if hwm {
+			time.Sleep(*settle)
+			kb, _ := procStatus(r.pid(), "VmRSS")
+			settled.add(bin, float64(kb)/1024)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	slices.Sort(lat)
-	row(fmt.Sprintf("latency put -> SIGHUP, %d puts, 10 keys (p50 / p99)", *puts),
-		fmt.Sprintf("%.2f ms / %.2f ms (max %.2f)", percentile(lat, 50), percentile(lat, 99), lat[len(lat)-1]))
+	what := fmt.Sprintf("%d keys of %s", n, bytesize(size))
+	b.add(fmt.Sprintf("start, %s -> child running (median of %d)", what, runs), load, starts.median("ms"))
+	if hwm {
+		b.add(fmt.Sprintf("peak RSS (VmHWM), %s", what), load, peaks.median("MiB"))
+	}
+	if hwm {
+		b.add(fmt.Sprintf("RSS %v after the start and changes, %s", *settle, what), load, settled.median("MiB"))
+	}
+	if changes > 0 {
+		b.add(fmt.Sprintf("one-key change with %s present: put -> signal (median of %d)", what, runs*changes), load,
+			changed.median("ms"))
+	}
 	return nil
 }
 
-func (e *env) burstAndSoak(row func(k, v string)) error {
-	prefix := "/burst/"
+func (b *bench) idleRSS() error {
+	prefix := "/idle/"
+	if _, err := b.load(prefix, 1, 1024); err != nil {
+		return err
+	}
+	load := loadavg()
+	rss := b.samples()
+	detail := map[string]string{}
+	err := b.interleave(*runs, func(bin binary) error {
+		r, _, err := b.hub.launch(bin, b.dir, b.child, b.etcd.endpoint, prefix)
+		if err != nil {
+			return err
+		}
+		defer r.stop()
+		if _, err := r.next("start", time.Minute); err != nil {
+			return err
+		}
+		time.Sleep(*settle)
+		kb, err := procStatus(r.pid(), "VmRSS")
+		if err != nil {
+			return err
+		}
+		anon, _ := procStatus(r.pid(), "RssAnon")
+		file, _ := procStatus(r.pid(), "RssFile")
+		shmem, _ := procStatus(r.pid(), "RssShmem")
+		rss.add(bin, float64(kb)/1024)
+		detail[bin.name] = fmt.Sprintf("anon %.1f + file %.1f + shmem %.1f; the binary's pages: %s", float64(anon)/1024,
+			float64(file)/1024, float64(shmem)/1024, binaryPages(r.pid(), bin.path))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sums := rss.median("MiB")
+	for i, bin := range b.bins {
+		sums[i].text += ", last: " + detail[bin.name]
+	}
+	b.add(fmt.Sprintf("idle RSS, one key, %v after the start (median of %d)", *settle, *runs), load, sums)
+	return nil
+}
+
+// latency alternates single puts between the binaries, each on its own prefix of 10 keys.
+func (b *bench) latency() error {
+	load := loadavg()
+	running := map[string]*run{}
+	prefixes := map[string]string{}
+	for _, bin := range b.bins {
+		prefixes[bin.name] = "/latency-" + bin.name + "/"
+		if _, err := b.load(prefixes[bin.name], 10, 1024); err != nil {
+			return err
+		}
+		r, _, err := b.hub.launch(bin, b.dir, b.child, b.etcd.endpoint, prefixes[bin.name])
+		if err != nil {
+			return err
+		}
+		defer r.stop()
+		if _, err := r.next("start", time.Minute); err != nil {
+			return err
+		}
+		running[bin.name] = r
+	}
+	time.Sleep(200 * time.Millisecond)
+	sent, acked := b.samples(), b.samples()
+	var trace *os.File
+	if *traceTo != "" {
+		var err error
+		if trace, err = os.Create(*traceTo); err != nil {
+			return err
+		}
+		defer trace.Close()
+	}
+	i := 0
+	err := b.interleave(*puts, func(bin binary) error {
+		i++
+		r := running[bin.name]
+		r.drain()
+		t0 := time.Now()
+		if _, err := b.cli.Put(context.Background(), key(prefixes[bin.name], i%10), fresh(1024)); err != nil {
+			return err
+		}
+		t1 := time.Now()
+		at, err := r.next("hup", 10*time.Second)
+		if err != nil {
+			return err
+		}
+		sent.add(bin, ms(at.Sub(t0)))
+		acked.add(bin, ms(at.Sub(t1)))
+		if trace != nil {
+			fmt.Fprintf(trace, "%s %d %d %d\n", bin.name, t0.UnixNano(), t1.UnixNano(), at.UnixNano())
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.add(fmt.Sprintf("put -> signal, p50 (%d puts, 10 keys)", *puts), load, sent.percentile(50, "ms"))
+	b.add(fmt.Sprintf("put -> signal, p99 (%d puts, 10 keys)", *puts), load, sent.percentile(99, "ms"))
+	ack := acked.percentile(50, "ms")
+	for i := range ack {
+		ack[i].value = math.NaN() // a difference, not a ratio
+	}
+	b.add("put acknowledged -> signal, p50", load, ack)
+	return nil
+}
+
+// burst sends -burst puts from 8 writers to a running dispenser of 1000 keys, then a marker.
+func (b *bench) burst() error {
 	const keys = 1000
-	d, err := e.running(prefix, keys)
-	if err != nil {
-		return err
-	}
-	defer d.stop()
-	e.drain()
-
-	// Burst.
-	d.mu.Lock()
-	sent0 := d.signals
-	d.mu.Unlock()
-	burstStart := time.Now()
-	last, rev, err := e.storm(prefix, keys, *burstN)
-	if err != nil {
-		return err
-	}
-	at, err := d.appliedAt(rev, 60*time.Second)
-	if err != nil {
-		return err
-	}
-	if err := e.sameAsEtcd(prefix, d.target); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	sent := d.signals - sent0
-	d.mu.Unlock()
-	received := e.count("hup", sent, time.Second)
-	row(fmt.Sprintf("burst: %d puts, 8 writers, %d keys: converged after last put", *burstN, keys),
-		fmt.Sprintf("%.1f ms (the puts took %.0f ms)", math.Max(0, float64(at.Sub(last).Microseconds())/1000),
-			float64(last.Sub(burstStart).Milliseconds())))
-	row("burst: signals sent / received by the child", fmt.Sprintf("%d / %d", sent, received))
-
-	// Soak.
-	pid := d.cmd.Process.Pid
-	rss0, _ := procStatus(pid, "VmRSS")
-	start := time.Now()
-	_, rev, err = e.storm(prefix, keys, *soakN)
-	if err != nil {
-		return err
-	}
-	if _, err := d.appliedAt(rev, 120*time.Second); err != nil {
-		return err
-	}
-	took := time.Since(start)
-	rss1, _ := procStatus(pid, "VmRSS")
-	hwm, _ := procStatus(pid, "VmHWM")
-	row(fmt.Sprintf("soak: %d puts, 8 writers, %d keys (%.0f s)", *soakN, keys, took.Seconds()),
-		fmt.Sprintf("RSS %.1f MiB before, %.1f MiB after (peak %.1f)", float64(rss0)/1024, float64(rss1)/1024, float64(hwm)/1024))
-	return nil
-}
-
-// storm puts n values over keys keys from 8 writers; it returns when the last put was
-// acknowledged and the highest revision.
-func (e *env) storm(prefix string, keys, n int) (time.Time, int64, error) {
-	var next, maxRev atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	pad := bytes.Repeat([]byte("z"), 1000)
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				k := int(i) % keys
-				resp, err := e.cli.Put(context.Background(), fmt.Sprintf("%sd%02d/k%05d", prefix, k%100, k),
-					fmt.Sprintf("%d %s", i, pad))
-				if err != nil {
-					errs <- err
-					return
-				}
-				for {
-					m := maxRev.Load()
-					if resp.Header.Revision <= m || maxRev.CompareAndSwap(m, resp.Header.Revision) {
-						break
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	last := time.Now()
-	select {
-	case err := <-errs:
-		return last, 0, err
-	default:
-	}
-	return last, maxRev.Load(), nil
-}
-
-// sameAsEtcd checks that the target shows exactly the prefix.
-func (e *env) sameAsEtcd(prefix, target string) error {
-	resp, err := e.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
-	if err != nil {
-		return err
-	}
-	root := target
-	if *layout == "atomic" {
-		root = filepath.Join(target, "..data") + "/"
-	}
+	load := loadavg()
+	signals, converged, soaked, soakPeak := b.samples(), b.samples(), b.samples(), b.samples()
 	n := 0
-	// Subdirectories of an atomic version are symlinks to shared directories: followed.
-	var count func(dir string) error
-	count = func(dir string) error {
-		entries, err := os.ReadDir(dir)
-		for _, de := range entries {
-			if err != nil || strings.HasPrefix(de.Name(), "..") {
-				continue
-			}
-			var fi os.FileInfo
-			if fi, err = os.Stat(filepath.Join(dir, de.Name())); err == nil && fi.IsDir() {
-				err = count(filepath.Join(dir, de.Name()))
-			} else if err == nil {
-				n++
-			}
+	err := b.interleave(max(1, *runs/2), func(bin binary) error {
+		n++
+		prefix := fmt.Sprintf("/burst-%d/", n)
+		if _, err := b.load(prefix, keys, 1024); err != nil {
+			return err
 		}
+		marker := "marker"
+		if _, err := b.cli.Put(context.Background(), prefix+marker, "0"); err != nil {
+			return err
+		}
+		r, _, err := b.hub.launch(bin, b.dir, b.child, b.etcd.endpoint, prefix)
+		if err != nil {
+			return err
+		}
+		defer r.stop()
+		if _, err := r.next("start", time.Minute); err != nil {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+		r.drain()
+		if err := b.storm(prefix, keys, *burstN); err != nil {
+			return err
+		}
+		want := fmt.Sprintf("done %d", n)
+		if _, err := b.cli.Put(context.Background(), prefix+marker, want); err != nil {
+			return err
+		}
+		last := time.Now()
+		at, err := poll(filepath.Join(r.target, marker), []byte(want), 2*time.Minute)
+		if err != nil {
+			return fmt.Errorf("%s: %w\n%s", bin.name, err, r.stderr.String())
+		}
+		converged.add(bin, ms(at.Sub(last)))
+		signals.add(bin, float64(r.count("hup", time.Second)))
+		if err := b.sameAsEtcd(prefix, r.target); err != nil || *soakN == 0 {
+			return err
+		}
+		// The soak: memory must stay flat under a long stream of changes.
+		if err := b.storm(prefix, keys, *soakN); err != nil {
+			return err
+		}
+		want = fmt.Sprintf("soaked %d", n)
+		if _, err := b.cli.Put(context.Background(), prefix+marker, want); err != nil {
+			return err
+		}
+		if _, err := poll(filepath.Join(r.target, marker), []byte(want), 5*time.Minute); err != nil {
+			return fmt.Errorf("%s: %w", bin.name, err)
+		}
+		rss, _ := procStatus(r.pid(), "VmRSS")
+		hwm, _ := procStatus(r.pid(), "VmHWM")
+		soaked.add(bin, float64(rss)/1024)
+		soakPeak.add(bin, float64(hwm)/1024)
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	err = count(root)
-	if err != nil || n != len(resp.Kvs) {
-		return fmt.Errorf("the target has %d files, etcd %d keys (%v)", n, len(resp.Kvs), err)
-	}
-	for _, kv := range resp.Kvs {
-		got, err := os.ReadFile(filepath.Join(target, strings.TrimPrefix(string(kv.Key), prefix)))
-		if err != nil || !bytes.Equal(got, kv.Value) {
-			return fmt.Errorf("%s differs from etcd (%v)", kv.Key, err)
-		}
+	b.add(fmt.Sprintf("burst of %d puts (8 writers, %d keys): signals at the child", *burstN, keys), load,
+		signals.median(""))
+	b.add("burst: last put acknowledged -> the target shows it", load, converged.median("ms"))
+	if *soakN > 0 {
+		b.add(fmt.Sprintf("soak: RSS after %d more puts", *soakN), load, soaked.median("MiB"))
+		b.add("soak: peak RSS (VmHWM) over the burst and the soak", load, soakPeak.median("MiB"))
 	}
 	return nil
 }
 
-// procStatus returns a kB field of /proc/PID/status.
-func procStatus(pid int, field string) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+// poll waits until the file holds want, and returns when it first did.
+func poll(path string, want []byte, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		got, _ := os.ReadFile(path)
+		if bytes.Equal(got, want) {
+			return time.Now(), nil
 		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("%s does not hold %q after %v", path, want, timeout)
+		}
+		time.Sleep(500 * time.Microsecond)
 	}
-	return 0, fmt.Errorf("%s not in /proc/%d/status", field, pid)
 }
 
-// cpuTicks returns utime+stime of pid, in clock ticks.
-func cpuTicks(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
+func (b *bench) table() {
+	fmt.Printf("\nload %s at the end\n\n", loadavg())
+	head := "| figure |"
+	sep := "| --- |"
+	for _, bin := range b.bins {
+		head += " " + bin.name + " |"
+		sep += " --- |"
 	}
-	// Fields after the command name, which is in parentheses and may hold spaces.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return utime + stime, nil
+	if len(b.bins) > 1 {
+		head += " ratio " + b.bins[1].name + "/ours |"
+		sep += " --- |"
+	}
+	fmt.Println(head + " load |")
+	fmt.Println(sep + " --- |")
+	for _, r := range b.rows {
+		line := "| " + r.figure + " | " + strings.Join(r.cells, " | ") + " |"
+		if len(b.bins) > 1 {
+			line += " " + r.ratio + " |"
+		}
+		fmt.Println(line + " " + r.load + " |")
+	}
 }
 
-func median(xs []float64) float64 {
-	s := slices.Sorted(slices.Values(xs))
-	return s[len(s)/2]
+// add records a figure and prints it at once.
+func (b *bench) add(figure, load string, sums []summary) {
+	r := row{figure: figure, load: load, ratio: "–"}
+	for _, s := range sums {
+		r.cells = append(r.cells, s.text)
+	}
+	if len(sums) > 1 && !math.IsNaN(sums[0].value) && !math.IsNaN(sums[1].value) && sums[0].value > 0 {
+		r.ratio = fmt.Sprintf("%.2f", sums[1].value/sums[0].value)
+	}
+	b.rows = append(b.rows, r)
+	fmt.Printf("%-75s %s", figure, strings.Join(r.cells, "  |  "))
+	if len(sums) > 1 {
+		fmt.Printf("  | ratio %s", r.ratio)
+	}
+	fmt.Printf("  (load %s)\n", load)
 }
 
-func percentile(sorted []float64, p float64) float64 {
-	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
+// samples are a figure's measurements per binary; summaries come in the order of b.bins.
+type samples struct {
+	bins []binary
+	m    map[string][]float64
 }
 
-func numCPU() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	return max(1, bytes.Count(b, []byte("processor\t:")))
+func (b *bench) samples() samples { return samples{b.bins, map[string][]float64{}} }
+
+func (s samples) add(bin binary, v float64) { s.m[bin.name] = append(s.m[bin.name], v) }
+
+func (s samples) median(unit string) []summary {
+	var out []summary
+	for _, bin := range s.bins {
+		xs := slices.Sorted(slices.Values(s.m[bin.name]))
+		if len(xs) == 0 {
+			out = append(out, summary{"–", math.NaN()})
+			continue
+		}
+		m := xs[len(xs)/2]
+		text := num(m, unit)
+		if len(xs) > 1 {
+			text += fmt.Sprintf(" (%s–%s)", num(xs[0], ""), num(xs[len(xs)-1], ""))
+		}
+		out = append(out, summary{text, m})
+	}
+	return out
+}
+
+func (s samples) percentile(p float64, unit string) []summary {
+	var out []summary
+	for _, bin := range s.bins {
+		xs := slices.Sorted(slices.Values(s.m[bin.name]))
+		if len(xs) == 0 {
+			out = append(out, summary{"–", math.NaN()})
+			continue
+		}
+		i := max(0, min(int(math.Ceil(p/100*float64(len(xs))))-1, len(xs)-1))
+		out = append(out, summary{num(xs[i], unit), xs[i]})
+	}
+	return out
+}
+
+func num(v float64, unit string) string {
+	var s string
+	switch a := math.Abs(v); {
+	case a >= 100 || v == math.Trunc(v):
+		s = fmt.Sprintf("%.0f", v)
+	case a >= 10:
+		s = fmt.Sprintf("%.1f", v)
+	default:
+		s = fmt.Sprintf("%.2f", v)
+	}
+	if unit != "" {
+		s += " " + unit
+	}
+	return s
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func bytesize(n int) string {
+	if n%1024 == 0 {
+		return fmt.Sprintf("%d KiB", n/1024)
+	}
+	return fmt.Sprintf("%d B", n)
 }

@@ -1,6 +1,8 @@
 // Command child is the benchmark's stand-in for the real program: it connects to the unix socket
-// named by BENCH_SOCKET and writes "start <unix ns>" when it starts and "hup <unix ns>" at each
-// SIGHUP, with the time it got there. It is kept tiny so that its own start costs little.
+// named by BENCH_SOCKET and writes "start <unix ns> <id>" when it starts and "hup <unix ns> <id>"
+// at each SIGHUP, with the time it got there; id is BENCH_ID, which the benchmark gives each
+// dispenser (the dispenser passes its environment on). It is kept tiny so that its own start
+// costs little.
 package main
 
 import (
@@ -21,8 +23,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		os.Exit(1)
 	}
-	fmt.Fprintf(conn, "start %d\n", started)
+	id := os.Getenv("BENCH_ID")
+	fmt.Fprintf(conn, "start %d %s\n", started, id)
 	for range sigs {
-		fmt.Fprintf(conn, "hup %d\n", time.Now().UnixNano())
+		fmt.Fprintf(conn, "hup %d %s\n", time.Now().UnixNano(), id)
 	}
 }
