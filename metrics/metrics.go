@@ -9,8 +9,9 @@
 //
 // Watch lag is measured in revisions: etcd's latest revision that the dispenser has seen (in any
 // response header or progress notification) minus the applied revision. Writes outside the
-// prefix raise etcd's revision without an event for us; the source asks for a progress
-// notification at every revision check, which brings the lag back to 0 within --check-interval.
+// prefix raise etcd's revision without an event for us; the source's check (every
+// --check-interval) lists the prefix's keys and, finding them unchanged, moves the applied
+// revision to etcd's, which brings the lag back to 0.
 package metrics
 
 import (

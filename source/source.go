@@ -5,8 +5,21 @@
 // batch; revisions that arrive together are merged, a revision is never split.
 // It owns everything that can go wrong on the etcd side: retries with backoff,
 // re-watching from the last applied revision after a dropped stream or a lost
-// leader, and a full resync after a compaction or when etcd's history went
-// backwards (a wiped or restored server). It knows nothing about files.
+// leader, and a full resync after a compaction or when etcd's history is not
+// the one applied (a wiped or restored server).
+//
+// Nothing is skipped that was not applied: the only events dropped are those at
+// or below the applied revision, and that revision moves only when a batch was
+// applied or when a keys-only listing of the prefix at a later revision equals
+// what was applied. A progress notification never moves it: etcd before the fix
+// of etcd-io/etcd#15220 (3.4.23, 3.5.7) reports its current revision to a watch
+// that has just reconnected and not yet caught up.
+//
+// The applied keys with their create and mod revisions are the model. At every
+// check and every re-watch after a failure, a keys-only listing is compared with
+// it; a difference that pending events cannot explain means another history (a
+// wipe or restore whose revision passed ours) and a full resync. It knows
+// nothing about files.
 package source
 
 import (
@@ -21,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -40,7 +54,12 @@ type Batch struct {
 	Revision int64
 	Full     bool
 	Changes  []Change
+	revs     []keyRevs // per change, what the model records once the batch is applied
 }
+
+// keyRevs identifies one version of a key in one history: a wiped etcd that
+// reaches the same revision again holds other keys at other revisions.
+type keyRevs struct{ create, mod int64 }
 
 // ApplyFunc applies one batch. An error means the batch was not applied; the
 // source then backs off and resyncs fully, so nothing is lost.
@@ -54,8 +73,8 @@ type Options struct {
 	Prefix string
 	// PageSize is the number of keys per Get page of a snapshot (default 500).
 	PageSize int64
-	// CheckInterval is how often a linearizable Get checks that etcd's
-	// revision did not go backwards (default 30s).
+	// CheckInterval is how often a linearizable keys-only listing of the prefix
+	// checks that etcd still holds the history that was applied (default 30s).
 	CheckInterval time.Duration
 	// RequestTimeout bounds each Get (default 5s).
 	RequestTimeout time.Duration
@@ -74,10 +93,11 @@ type Options struct {
 // Observer learns what the source sees. Its methods are called from Run's goroutine and must
 // return quickly.
 type Observer interface {
-	// Applied reports the revision up to which everything has been applied (it also moves on
-	// progress notifications, without a batch).
+	// Applied reports the revision up to which everything has been applied (it also moves,
+	// without a batch, when a check finds the prefix unchanged up to etcd's revision).
 	Applied(rev int64)
-	// EtcdRevision reports the revision of a response header: etcd's latest known revision.
+	// EtcdRevision reports the revision of a response header or progress notification:
+	// etcd's latest known revision.
 	EtcdRevision(rev int64)
 	// EtcdError reports a failed request or watch; the source retries.
 	EtcdError(err error)
@@ -109,6 +129,7 @@ type Source struct {
 	gen       int
 	connected bool
 	obs       Observer
+	model     map[string]keyRevs    // the applied keys, relative to the prefix
 	lastErr   atomic.Pointer[error] // set during an outage
 }
 
@@ -159,6 +180,21 @@ func (s *Source) setApplied(rev int64) {
 	s.obs.Applied(rev)
 }
 
+// commit records in the model what an applied batch did.
+func (s *Source) commit(b Batch) {
+	if b.Full || s.model == nil {
+		s.model = make(map[string]keyRevs, len(b.Changes))
+	}
+	for i, c := range b.Changes {
+		if c.Delete {
+			delete(s.model, c.Key)
+		} else {
+			s.model[c.Key] = b.revs[i]
+		}
+	}
+	s.setApplied(b.Revision)
+}
+
 // Resyncs counts the full resyncs after the initial snapshot.
 func (s *Source) Resyncs() int64 { return s.resyncs.Load() }
 
@@ -172,7 +208,7 @@ func (e errResync) Error() string { return "full resync needed: " + e.reason }
 // first snapshot was applied); errors from etcd are logged and retried forever.
 func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 	var bo backoff
-	needSnapshot := true
+	needSnapshot, verify := true, false
 	for ctx.Err() == nil {
 		if needSnapshot {
 			if err := s.syncFull(ctx, apply); err != nil {
@@ -189,10 +225,13 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 				return nil
 			}
 		}
-		err := s.watch(ctx, apply, &bo)
+		err := s.watch(ctx, apply, &bo, verify)
 		if ctx.Err() != nil {
 			break
 		}
+		// After any failure the server may be another one (restored, replaced): check
+		// its keys before following it again.
+		verify = true
 		var r errResync
 		if errors.As(err, &r) {
 			s.log.Warn("resyncing the whole prefix", "reason", r.reason, "applied_revision", s.Applied())
@@ -240,7 +279,7 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	if err := apply(ctx, b); err != nil {
 		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
 	}
-	s.setApplied(b.Revision)
+	s.commit(b)
 	s.recovered()
 	s.obs.Watching(true, "")
 	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
@@ -252,6 +291,23 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 // fixes the revision R, every later page is read at R.
 func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 	b := Batch{Full: true}
+	first, err := s.list(ctx, 0, false, func(kv *mvccpb.KeyValue) {
+		b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
+		b.revs = append(b.revs, keyRevs{kv.CreateRevision, kv.ModRevision})
+	})
+	if err != nil {
+		return Batch{}, fmt.Errorf("reading prefix %q: %w", s.prefix, err)
+	}
+	b.Revision = first.Revision
+	s.noteHeader(first.ClusterId, first.RaftTerm)
+	s.obs.EtcdRevision(first.Revision)
+	s.logConnected(ctx, first.MemberId)
+	return b, nil
+}
+
+// list reads every key of the prefix in pages at one revision: rev, or if 0 the
+// revision of the first (linearizable) page. It returns the first page's header.
+func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*mvccpb.KeyValue)) (*etcdserverpb.ResponseHeader, error) {
 	end := clientv3.GetPrefixRangeEnd(s.prefix)
 	if s.prefix == "" {
 		end = "\x00"
@@ -260,32 +316,34 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 	if from == "" {
 		from = "\x00"
 	}
+	var header *etcdserverpb.ResponseHeader
 	for {
 		opts := []clientv3.OpOption{
 			clientv3.WithRange(end),
 			clientv3.WithLimit(s.opts.PageSize),
 			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
 		}
-		if b.Revision != 0 {
-			opts = append(opts, clientv3.WithRev(b.Revision))
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 		resp, err := s.opts.Client.Get(rctx, from, opts...)
 		cancel()
 		if err != nil {
-			return Batch{}, fmt.Errorf("reading prefix %q: %w", s.prefix, err)
+			return nil, err
 		}
-		if b.Revision == 0 {
-			b.Revision = resp.Header.Revision
-			s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
-			s.obs.EtcdRevision(resp.Header.Revision)
-			s.logConnected(ctx, resp.Header.MemberId)
+		if header == nil {
+			header = resp.Header
+			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
+			each(kv)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return b, nil
+			return header, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
@@ -331,8 +389,14 @@ func (s *Source) checkHeader(cluster, term uint64) error {
 	return nil
 }
 
-// watch follows the prefix from the applied revision until an error.
-func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error {
+// watch follows the prefix from the applied revision until an error. With
+// verify, it first checks that etcd holds the history that was applied.
+func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify bool) error {
+	if verify {
+		if err := s.check(ctx); err != nil {
+			return err
+		}
+	}
 	s.gen++
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -354,13 +418,8 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-check.C:
-			if err := s.checkRevision(ctx); err != nil {
+			if err := s.check(ctx); err != nil {
 				return err
-			}
-			// A progress notification moves the applied revision past writes outside the
-			// prefix, so the watch lag (etcd's revision minus the applied one) returns to 0.
-			if err := s.opts.Client.RequestProgress(wctx); err != nil {
-				s.log.Debug("requesting watch progress", "err", err)
 			}
 		case resp, ok := <-wch:
 			if !ok {
@@ -382,8 +441,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 			s.obs.Watching(true, "")
 			bo.reset()
 			if len(b.Changes) == 0 {
-				s.setApplied(max(s.Applied(), b.Revision))
-				continue
+				continue // progress notifications or replays: nothing new is applied
 			}
 			if err := apply(ctx, b); err != nil {
 				if ctx.Err() != nil {
@@ -392,7 +450,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 				s.log.Error("applying batch failed", "revision", b.Revision, "err", err)
 				return errResync{"a batch could not be applied"}
 			}
-			s.setApplied(b.Revision)
+			s.commit(b)
 			lastApply = time.Now()
 		}
 	}
@@ -472,7 +530,8 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 	}
 	s.obs.EtcdRevision(resp.Header.Revision)
 	if resp.IsProgressNotify() {
-		b.Revision = max(b.Revision, resp.Header.Revision)
+		// Not proof that earlier events were delivered (etcd-io/etcd#15220): it moves
+		// only what was seen, never what is skipped.
 		return nil
 	}
 	for _, ev := range resp.Events {
@@ -489,27 +548,65 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 		} else {
 			b.Changes = append(b.Changes, Change{Key: key, Value: ev.Kv.Value})
 		}
+		b.revs = append(b.revs, keyRevs{ev.Kv.CreateRevision, ev.Kv.ModRevision})
 		b.Revision = rev
 	}
 	return nil
 }
 
-// checkRevision is the watchdog: a linearizable read must not see a revision
-// below what was applied, nor another cluster. clientv3 would otherwise wait
-// silently for a revision a wiped server will reach only with other data.
-func (s *Source) checkRevision(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-	defer cancel()
-	resp, err := s.opts.Client.Get(rctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+// check is the watchdog: etcd must hold the history that was applied. A
+// linearizable keys-only listing of the prefix at etcd's revision R must not
+// come from another cluster or a lower revision, and must equal the model, or
+// else the listing at the applied revision must (the difference is then events
+// on their way). When the listing at R equals the model, nothing up to R is
+// missing, and the applied revision moves to R: the watch lag returns to 0 and a
+// later re-watch starts there. (Changes that a listing cannot see, a key created
+// and deleted again in between, leave no trace to apply.)
+func (s *Source) check(ctx context.Context) error {
+	cur, same, err := s.fingerprint(ctx, 0)
 	if err != nil {
 		return fmt.Errorf("revision check: %w", err)
 	}
-	s.obs.EtcdRevision(resp.Header.Revision)
-	if resp.Header.Revision < s.Applied() {
+	s.obs.EtcdRevision(cur.Revision)
+	if cur.Revision < s.Applied() {
 		return errResync{fmt.Sprintf("etcd revision %d is below the applied revision %d (etcd wiped or restored?)",
-			resp.Header.Revision, s.Applied())}
+			cur.Revision, s.Applied())}
 	}
-	return s.checkHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+	if err := s.checkHeader(cur.ClusterId, cur.RaftTerm); err != nil {
+		return err
+	}
+	if same {
+		if cur.Revision > s.Applied() {
+			s.setApplied(cur.Revision)
+		}
+		return nil
+	}
+	_, same, err = s.fingerprint(ctx, s.Applied())
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		return errResync{fmt.Sprintf("the prefix changed and the history at the applied revision %d is compacted", s.Applied())}
+	}
+	if err != nil {
+		return fmt.Errorf("revision check at the applied revision %d: %w", s.Applied(), err)
+	}
+	if !same {
+		return errResync{fmt.Sprintf("the keys in etcd at the applied revision %d are not those applied (etcd wiped or restored?)",
+			s.Applied())}
+	}
+	return nil
+}
+
+// fingerprint lists the prefix, keys only, at rev (0: now) and reports whether
+// every key and its create and mod revisions equal the model.
+func (s *Source) fingerprint(ctx context.Context, rev int64) (*etcdserverpb.ResponseHeader, bool, error) {
+	n, same := 0, true
+	h, err := s.list(ctx, rev, true, func(kv *mvccpb.KeyValue) {
+		n++
+		if same {
+			m, ok := s.model[string(kv.Key[len(s.prefix):])]
+			same = ok && m == keyRevs{kv.CreateRevision, kv.ModRevision}
+		}
+	})
+	return h, same && n == len(s.model), err
 }
 
 // backoff is exponential from 100ms to 10s with full jitter.
