@@ -1,6 +1,7 @@
 package source
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -69,6 +70,33 @@ func TestWipedEtcdWhoseRevisionPassesOursIsResynced(t *testing.T) {
 		etcdtest.Eventually(t, check+5*time.Second, func() error { return m.equals(want) })
 		if s.Resyncs() == 0 {
 			t.Fatal("no resync recorded after the wipe")
+		}
+	})
+}
+
+// etcd hands over an empty value as nil: it is a value (an empty file), not a
+// deletion, in the snapshot and in the watch, on every version.
+func TestEmptyValueIsAChangeNotADeletion(t *testing.T) {
+	etcdtest.EachVersion(t, func(t *testing.T, e *etcdtest.Server) {
+		c := e.Client()
+		ctx := context.Background()
+		if _, err := c.Put(ctx, "/p/empty-at-start", ""); err != nil {
+			t.Fatal(err)
+		}
+		m := &mirror{}
+		run(t, Options{Client: e.BridgedClient(), Prefix: "/p"}, m)
+		etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{"empty-at-start": ""}) })
+		put(t, c, "/p/later", "x")
+		if _, err := c.Put(ctx, "/p/later", ""); err != nil {
+			t.Fatal(err)
+		}
+		etcdtest.Eventually(t, 10*time.Second, func() error {
+			return m.equals(map[string]string{"empty-at-start": "", "later": ""})
+		})
+		_, batches := m.snapshot()
+		changes := batches[len(batches)-1].Changes
+		if last := changes[len(changes)-1]; last.Key != "later" || last.Delete || len(last.Value) != 0 {
+			t.Fatalf("last change %+v, want the key set to an empty value", last)
 		}
 	})
 }
