@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -68,13 +69,16 @@ func run(args []string) int {
 	etcdCfg.Logger = zap.NewNop()
 	etcdCfg.DialKeepAliveTime = 30 * time.Second
 	etcdCfg.DialKeepAliveTimeout = 10 * time.Second
-	client, err := clientv3.New(etcdCfg)
-	if err != nil {
-		log.Error("cannot create the etcd client", "endpoints", etcdCfg.Endpoints, "err", err)
-		return 1
-	}
-	defer client.Close()
 	if cfg.DryRun {
+		// The source creates its client itself, retrying while etcd is unreachable.
+		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(cfg.StartTimeout, time.Minute))
+		defer cancel()
+		client, err := source.Dial(ctx, etcdCfg, log)
+		if err != nil {
+			log.Error("dry run: cannot connect to etcd", "endpoints", etcdCfg.Endpoints, "err", err)
+			return 1
+		}
+		defer client.Close()
 		return dryRun(cfg, client, log, os.Stdout)
 	}
 
@@ -110,7 +114,7 @@ func run(args []string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d := &dispenser{cfg: cfg, log: log, sup: sup, w: w, r: r, m: m, started: make(chan error, 1)}
-	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
+	src := source.New(source.Options{Config: etcdCfg, Prefix: cfg.Prefix, Once: cfg.Once,
 		CheckInterval: cfg.CheckInterval, Coalesce: cfg.Coalesce, Logger: log, Observer: m})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
 		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())

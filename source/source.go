@@ -67,7 +67,11 @@ type ApplyFunc func(ctx context.Context, b Batch) error
 
 // Options configure a Source. Zero values are sensible defaults.
 type Options struct {
+	// Client is the etcd client. If it is nil, Run creates one from Config, retrying with
+	// backoff while that fails, and closes it when it returns: with a username, clientv3
+	// authenticates when it creates a client, which fails while etcd is unreachable.
 	Client *clientv3.Client
+	Config clientv3.Config
 	// Prefix is the etcd key prefix. It is a directory boundary: "/app" and
 	// "/app/" both mirror the keys under "/app/", never "/app2".
 	Prefix string
@@ -129,6 +133,7 @@ type Source struct {
 	gen       int
 	connected bool
 	obs       Observer
+	client    *clientv3.Client
 	model     map[string]keyRevs    // the applied keys, relative to the prefix
 	lastErr   atomic.Pointer[error] // set during an outage
 }
@@ -159,7 +164,39 @@ func New(opts Options) *Source {
 	if obs == nil {
 		obs = noObserver{}
 	}
-	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs}
+	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs, client: opts.Client}
+}
+
+// Dial creates a client from cfg, retrying with backoff while etcd cannot be
+// reached, until ctx ends; then it returns the last failure.
+func Dial(ctx context.Context, cfg clientv3.Config, log *slog.Logger) (*clientv3.Client, error) {
+	s := New(Options{Config: cfg, Logger: log})
+	var bo backoff
+	for {
+		err := s.connect(ctx)
+		if err == nil {
+			return s.client, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		s.fail("connecting", err)
+		bo.wait(ctx)
+	}
+}
+
+// connect creates the client from Options.Config; the request timeout bounds
+// the authentication, Run's context all the rest.
+func (s *Source) connect(ctx context.Context) error {
+	cfg := s.opts.Config
+	cfg.Context = ctx
+	cfg.DialTimeout = s.opts.RequestTimeout
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	s.client = c
+	return nil
 }
 
 // NormalizePrefix makes the prefix a directory boundary by giving it one
@@ -208,8 +245,25 @@ func (e errResync) Error() string { return "full resync needed: " + e.reason }
 // first snapshot was applied); errors from etcd are logged and retried forever.
 func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 	var bo backoff
+	if s.client == nil {
+		defer func() {
+			if s.client != nil {
+				s.client.Close()
+			}
+		}()
+	}
 	needSnapshot, verify := true, false
 	for ctx.Err() == nil {
+		if s.client == nil {
+			if err := s.connect(ctx); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				s.fail("connecting", err)
+				bo.wait(ctx)
+				continue
+			}
+		}
 		if needSnapshot {
 			if err := s.syncFull(ctx, apply); err != nil {
 				if ctx.Err() != nil {
@@ -330,7 +384,7 @@ func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*
 			opts = append(opts, clientv3.WithKeysOnly())
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-		resp, err := s.opts.Client.Get(rctx, from, opts...)
+		resp, err := s.client.Get(rctx, from, opts...)
 		cancel()
 		if err != nil {
 			return nil, err
@@ -359,7 +413,7 @@ func (s *Source) logConnected(ctx context.Context, member uint64) {
 	var urls []string
 	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 	defer cancel()
-	if ml, err := s.opts.Client.MemberList(rctx); err == nil {
+	if ml, err := s.client.MemberList(rctx); err == nil {
 		for _, m := range ml.Members {
 			if m.ID == member {
 				urls = m.ClientURLs
@@ -405,7 +459,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	wctx = metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(wctx),
 		"etcd-config-dispenser-watch", strconv.Itoa(s.gen))
 	from := s.Applied() + 1
-	wch := s.opts.Client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+	wch := s.client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
 		clientv3.WithProgressNotify(), clientv3.WithFragment())
 	s.log.Debug("watching", "prefix", s.prefix, "from_revision", from)
 
