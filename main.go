@@ -138,8 +138,19 @@ func run(args []string) int {
 		if cfg.Once && err == nil {
 			return sup.Shutdown()
 		}
-		log.Error("etcd unreachable: the first sync did not succeed in time", "start_timeout", cfg.StartTimeout,
-			"last_error", src.LastError())
+		// Name what failed: etcd, or the target (disk, template, check).
+		last := src.LastError()
+		var ae *source.ApplyError
+		switch {
+		case errors.As(last, &ae):
+			log.Error("the first sync did not succeed in time: applying to the target failed", "stage", ae.Stage,
+				"start_timeout", cfg.StartTimeout, "err", ae.Err)
+		case last != nil:
+			log.Error("the first sync did not succeed in time: etcd unreachable or failing",
+				"start_timeout", cfg.StartTimeout, "err", last)
+		default:
+			log.Error("the first sync did not succeed in time", "start_timeout", cfg.StartTimeout)
+		}
 		sup.Shutdown()
 		return 1
 	case err := <-d.started:

@@ -23,6 +23,7 @@
 package source
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,13 +33,17 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // Change is the new state of one key, relative to the prefix.
@@ -62,8 +67,43 @@ type Batch struct {
 type keyRevs struct{ create, mod int64 }
 
 // ApplyFunc applies one batch. An error means the batch was not applied; the
-// source then backs off and resyncs fully, so nothing is lost.
+// source then backs off and resyncs fully, so nothing is lost. Such a failure is
+// the target's, not etcd's: the source reports it as an ApplyError, with the
+// stage an *ApplyError returned by the ApplyFunc names.
 type ApplyFunc func(ctx context.Context, b Batch) error
+
+// ApplyError is a batch that could not be applied: a local failure (the disk, a
+// template, a check command), never reported as an etcd one.
+type ApplyError struct {
+	// Stage names the part that failed, for metrics: an ApplyFunc may set it;
+	// otherwise it is "files" for a failed system call and "target" for the rest.
+	Stage    string
+	Revision int64
+	Err      error
+}
+
+func (e *ApplyError) Error() string {
+	return fmt.Sprintf("applying revision %d to the target (%s): %v", e.Revision, e.Stage, e.Err)
+}
+
+func (e *ApplyError) Unwrap() error { return e.Err }
+
+// applyError wraps what the ApplyFunc returned.
+func applyError(rev int64, err error) *ApplyError {
+	var ae *ApplyError
+	if errors.As(err, &ae) {
+		return &ApplyError{Stage: cmp.Or(ae.Stage, stageOf(ae.Err)), Revision: rev, Err: ae.Err}
+	}
+	return &ApplyError{Stage: stageOf(err), Revision: rev, Err: err}
+}
+
+func stageOf(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return "files"
+	}
+	return "target"
+}
 
 // Options configure a Source. Zero values are sensible defaults.
 type Options struct {
@@ -105,6 +145,9 @@ type Observer interface {
 	EtcdRevision(rev int64)
 	// EtcdError reports a failed request or watch; the source retries.
 	EtcdError(err error)
+	// ApplyFailed reports a batch the ApplyFunc could not apply, and the stage that failed
+	// (see ApplyError); the source retries. It is not an etcd error.
+	ApplyFailed(stage string, err error)
 	// Watching reports whether the source follows etcd live: true once a snapshot is applied
 	// and while the watch works, false with the reason while it fails or resyncs.
 	Watching(ok bool, reason string)
@@ -114,11 +157,12 @@ type Observer interface {
 
 type noObserver struct{}
 
-func (noObserver) Applied(int64)         {}
-func (noObserver) EtcdRevision(int64)    {}
-func (noObserver) EtcdError(error)       {}
-func (noObserver) Watching(bool, string) {}
-func (noObserver) Resync(string)         {}
+func (noObserver) Applied(int64)             {}
+func (noObserver) EtcdRevision(int64)        {}
+func (noObserver) EtcdError(error)           {}
+func (noObserver) ApplyFailed(string, error) {}
+func (noObserver) Watching(bool, string)     {}
+func (noObserver) Resync(string)             {}
 
 // Source is the etcd side of the dispenser.
 type Source struct {
@@ -135,10 +179,14 @@ type Source struct {
 	obs       Observer
 	client    *clientv3.Client
 	model     map[string]keyRevs    // the applied keys, relative to the prefix
-	lastErr   atomic.Pointer[error] // set during an outage
+	etcdErr   atomic.Pointer[error] // set during an etcd outage
+	applyErr  atomic.Pointer[error] // set while batches cannot be applied
+	lastErr   atomic.Pointer[error] // the last failure of either kind, until a batch is applied
+	synced    bool                  // the first snapshot was applied
 }
 
-// LastError is the last etcd error, or nil after a success.
+// LastError is the last failure, of etcd or (an *ApplyError) of the target, or
+// nil once a batch was applied after it.
 func (s *Source) LastError() error {
 	if p := s.lastErr.Load(); p != nil {
 		return *p
@@ -185,6 +233,11 @@ func Dial(ctx context.Context, cfg clientv3.Config, log *slog.Logger) (*clientv3
 	}
 }
 
+// ctxWithout is a context for a diagnosis after ctx ended.
+func ctxWithout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+}
+
 // connect creates the client from Options.Config; the request timeout bounds
 // the authentication, Run's context all the rest.
 func (s *Source) connect(ctx context.Context) error {
@@ -193,10 +246,53 @@ func (s *Source) connect(ctx context.Context) error {
 	cfg.DialTimeout = s.opts.RequestTimeout
 	c, err := clientv3.New(cfg)
 	if err != nil {
-		return fmt.Errorf("connecting to %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		err = fmt.Errorf("connecting to %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		if timedOut(err) && cfg.Username != "" {
+			// clientv3.New authenticates and reports only that time ran out; a client
+			// without credentials, which does not wait for etcd, can say why.
+			cfg.Username, cfg.Password = "", ""
+			cfg.Context = context.WithoutCancel(ctx)
+			if probe, perr := clientv3.New(cfg); perr == nil {
+				err = withCause(ctx, probe, err)
+				probe.Close()
+			}
+		}
+		return err
 	}
 	s.client = c
 	return nil
+}
+
+// timedOut reports an error that says only that time ran out or etcd was
+// unavailable, not why.
+func timedOut(err error) bool {
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Unavailable, codes.Canceled:
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// withCause adds to such an error the reason of grpc's last failed connection
+// attempt (refused, TLS handshake, not an etcd server...), which a request that
+// waits for a connection never reports: a request that does not wait for one
+// fails with it.
+func withCause(ctx context.Context, c *clientv3.Client, err error) error {
+	if c == nil || !timedOut(err) {
+		return err
+	}
+	pctx, cancel := ctxWithout(ctx)
+	defer cancel()
+	_, perr := etcdserverpb.NewMaintenanceClient(c.ActiveConnection()).Status(pctx, &etcdserverpb.StatusRequest{},
+		grpc.WaitForReady(false))
+	if status.Code(perr) != codes.Unavailable {
+		return err
+	}
+	cause := strings.TrimPrefix(status.Convert(perr).Message(), "connection error: desc = ")
+	if u, uerr := strconv.Unquote(cause); uerr == nil {
+		cause = u
+	}
+	return fmt.Errorf("%w (last connection error: %s)", err, cause)
 }
 
 // NormalizePrefix makes the prefix a directory boundary by giving it one
@@ -257,6 +353,7 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 		if s.client == nil {
 			if err := s.connect(ctx); err != nil {
 				if ctx.Err() != nil {
+					s.cutShort(err)
 					break
 				}
 				s.fail("connecting", err)
@@ -266,10 +363,18 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 		}
 		if needSnapshot {
 			if err := s.syncFull(ctx, apply); err != nil {
+				var ae *ApplyError
+				switch {
+				case ctx.Err() != nil:
+					s.cutShort(err)
+				case errors.As(err, &ae):
+					s.applyFailed(ae)
+				default:
+					s.fail("snapshot", err)
+				}
 				if ctx.Err() != nil {
 					break
 				}
-				s.fail("snapshot", err)
 				bo.wait(ctx)
 				continue
 			}
@@ -305,21 +410,62 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 }
 
 // fail logs an etcd problem once per outage at warning level, then at debug.
+// The error says why, when grpc knows more than that time ran out.
 func (s *Source) fail(what string, err error) {
+	ctx, cancel := ctxWithout(context.Background())
+	defer cancel()
+	err = withCause(ctx, s.client, err)
 	s.obs.EtcdError(err)
 	s.obs.Watching(false, fmt.Sprintf("etcd %s failing: %v", what, err))
 	s.connected = false
-	if s.lastErr.Swap(&err) == nil {
+	s.lastErr.Store(&err)
+	if s.etcdErr.Swap(&err) == nil {
 		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
 		return
 	}
 	s.log.Debug("etcd still failing", "during", what, "err", err)
 }
 
-// recovered ends an outage, if there was one.
-func (s *Source) recovered() {
-	if s.lastErr.Swap(nil) != nil {
+// applyFailed logs a batch the target could not take, at error level when the
+// failure is new (or another stage fails), then at debug.
+func (s *Source) applyFailed(ae *ApplyError) {
+	var err error = ae
+	s.obs.ApplyFailed(ae.Stage, ae.Err)
+	s.lastErr.Store(&err)
+	prev := s.applyErr.Swap(&err)
+	if prev == nil || (*prev).(*ApplyError).Stage != ae.Stage {
+		s.log.Error("applying to the target failed, retrying with backoff", "stage", ae.Stage,
+			"revision", ae.Revision, "err", ae.Err)
+		return
+	}
+	s.log.Debug("applying to the target still failing", "stage", ae.Stage, "err", ae.Err)
+}
+
+// cutShort keeps the cause of an attempt that ctx ended before the first sync,
+// for the message that the first sync did not succeed.
+func (s *Source) cutShort(err error) {
+	var ae *ApplyError
+	if s.synced || errors.As(err, &ae) || s.lastErr.Load() != nil {
+		return
+	}
+	ctx, cancel := ctxWithout(context.Background())
+	defer cancel()
+	err = withCause(ctx, s.client, err)
+	s.lastErr.Store(&err)
+}
+
+// reached ends an etcd outage, if there was one.
+func (s *Source) reached() {
+	if s.etcdErr.Swap(nil) != nil {
 		s.log.Info("etcd reachable again", "applied_revision", s.Applied())
+	}
+}
+
+// appliedOK ends a run of apply failures, if there was one.
+func (s *Source) appliedOK() {
+	s.lastErr.Store(nil)
+	if s.applyErr.Swap(nil) != nil {
+		s.log.Info("applying to the target works again", "applied_revision", s.Applied())
 	}
 }
 
@@ -330,11 +476,13 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	if err != nil {
 		return err
 	}
+	s.reached()
 	if err := apply(ctx, b); err != nil {
-		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
+		return applyError(b.Revision, err)
 	}
 	s.commit(b)
-	s.recovered()
+	s.synced = true
+	s.appliedOK()
 	s.obs.Watching(true, "")
 	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
 		"ms", time.Since(start).Milliseconds())
@@ -491,7 +639,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			if err != nil {
 				return err
 			}
-			s.recovered()
+			s.reached()
 			s.obs.Watching(true, "")
 			bo.reset()
 			if len(b.Changes) == 0 {
@@ -501,10 +649,11 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				s.log.Error("applying batch failed", "revision", b.Revision, "err", err)
+				s.applyFailed(applyError(b.Revision, err))
 				return errResync{"a batch could not be applied"}
 			}
 			s.commit(b)
+			s.appliedOK()
 			lastApply = time.Now()
 		}
 	}
