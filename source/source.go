@@ -278,7 +278,8 @@ func timedOut(err error) bool {
 // waits for a connection never reports: a request that does not wait for one
 // fails with it.
 func withCause(ctx context.Context, c *clientv3.Client, err error) error {
-	if c == nil || !timedOut(err) {
+	var ce *causeError
+	if c == nil || !timedOut(err) || errors.As(err, &ce) {
 		return err
 	}
 	pctx, cancel := ctxWithout(ctx)
@@ -292,8 +293,19 @@ func withCause(ctx context.Context, c *clientv3.Client, err error) error {
 	if u, uerr := strconv.Unquote(cause); uerr == nil {
 		cause = u
 	}
-	return fmt.Errorf("%w (last connection error: %s)", err, cause)
+	return &causeError{err, cause}
 }
+
+// causeError is an error with grpc's last connection error.
+type causeError struct {
+	err   error
+	cause string
+}
+
+func (e *causeError) Error() string {
+	return fmt.Sprintf("%v (last connection error: %s)", e.err, e.cause)
+}
+func (e *causeError) Unwrap() error { return e.err }
 
 // NormalizePrefix makes the prefix a directory boundary by giving it one
 // trailing slash. The empty prefix mirrors the whole keyspace.
@@ -378,7 +390,7 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 				bo.wait(ctx)
 				continue
 			}
-			needSnapshot = false
+			needSnapshot, verify = false, false // the model was just read
 			bo.reset()
 			if s.opts.Once {
 				return nil
@@ -498,7 +510,7 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 		b.revs = append(b.revs, keyRevs{kv.CreateRevision, kv.ModRevision})
 	})
 	if err != nil {
-		return Batch{}, fmt.Errorf("reading prefix %q: %w", s.prefix, err)
+		return Batch{}, withCause(ctx, s.client, fmt.Errorf("reading prefix %q: %w", s.prefix, err))
 	}
 	b.Revision = first.Revision
 	s.noteHeader(first.ClusterId, first.RaftTerm)
