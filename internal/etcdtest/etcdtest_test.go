@@ -59,3 +59,21 @@ func TestBridgeDownRefusesUpServes(t *testing.T) {
 		Eventually(t, 10*time.Second, get)
 	})
 }
+
+// Authentication and TLS work the same on every version, across a restart.
+func TestAuthAndTLSOnEveryVersion(t *testing.T) {
+	EachVersion(t, func(t *testing.T, s *Server) {
+		user, password := s.EnableAuth("/p/")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if _, err := s.Client().Put(ctx, "/p/a", "1"); err != nil {
+			t.Fatal(err)
+		}
+		s.Restart()
+		c := s.newClient(s.Endpoint(), user, password)
+		resp, err := c.Get(ctx, "/p/a")
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("reading as %s after a restart: %v %v", user, resp, err)
+		}
+	}, WithTLS())
+}
