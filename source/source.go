@@ -16,8 +16,8 @@
 // that has just reconnected and not yet caught up.
 //
 // The applied keys with their create and mod revisions are the model. At every
-// check and every re-watch after a failure, a keys-only listing is compared with
-// it; a difference that pending events cannot explain means another history (a
+// check (CheckInterval), every reconnect and every re-watch after a failure, a
+// keys-only listing is compared with it; a difference that pending events cannot explain means another history (a
 // wipe or restore whose revision passed ours) and a full resync. It knows
 // nothing about files.
 package source
@@ -42,6 +42,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -625,6 +626,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 
 	check := time.NewTicker(s.opts.CheckInterval)
 	defer check.Stop()
+	reconnected := reconnects(wctx, s.client.ActiveConnection())
 	var lastApply time.Time
 	burst := false
 	for {
@@ -632,6 +634,13 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-check.C:
+			if err := s.check(ctx); err != nil {
+				return err
+			}
+		case <-reconnected:
+			// clientv3 resumed the watch by itself, maybe on a server that was wiped,
+			// restored or replaced meanwhile.
+			s.log.Debug("connection to etcd back; checking its keys")
 			if err := s.check(ctx); err != nil {
 				return err
 			}
@@ -669,6 +678,28 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			lastApply = time.Now()
 		}
 	}
+}
+
+// reconnects signals each time conn becomes ready again after it was not, until ctx ends.
+func reconnects(ctx context.Context, conn *grpc.ClientConn) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	go func() {
+		st := conn.GetState()
+		lost := st != connectivity.Ready
+		for conn.WaitForStateChange(ctx, st) {
+			// Leaving Ready is a lost connection, even when Ready is back by the time we look.
+			lost = lost || st == connectivity.Ready
+			st = conn.GetState()
+			if st == connectivity.Ready && lost {
+				lost = false
+				select {
+				case ch <- struct{}{}:
+				default: // one pending check covers it
+				}
+			}
+		}
+	}()
+	return ch
 }
 
 // maxMerge bounds how many responses one batch merges, so a long backlog is

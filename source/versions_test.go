@@ -100,3 +100,30 @@ func TestEmptyValueIsAChangeNotADeletion(t *testing.T) {
 		}
 	})
 }
+
+// The check also runs when the connection comes back, not only every
+// CheckInterval: a wiped etcd is noticed at the reconnect.
+func TestWipedEtcdIsNoticedAtTheReconnect(t *testing.T) {
+	etcdtest.EachVersion(t, func(t *testing.T, e *etcdtest.Server) {
+		c := e.Client()
+		for i := range 5 {
+			put(t, c, fmt.Sprintf("/p/old%d", i), "x")
+		}
+		m := &mirror{}
+		run(t, Options{Client: e.BridgedClient(), Prefix: "/p", CheckInterval: time.Hour, RequestTimeout: time.Second}, m)
+		etcdtest.Eventually(t, 10*time.Second, func() error {
+			if got, _ := m.snapshot(); len(got) != 5 {
+				return fmt.Errorf("%d keys", len(got))
+			}
+			return nil
+		})
+		e.Wipe()
+		put(t, c, "/p/new1", "first after the wipe")
+		for i := range 100 {
+			put(t, c, "/elsewhere", fmt.Sprint(i))
+		}
+		put(t, c, "/p/new2", "after the revision passed ours")
+		want := map[string]string{"new1": "first after the wipe", "new2": "after the revision passed ours"}
+		etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(want) })
+	})
+}
