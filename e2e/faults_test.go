@@ -44,7 +44,10 @@ func testCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T, e *etcdte
 }
 
 func TestWipedEtcdIsDetectedAndMirroredAgain(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testWipedEtcdIsDetectedAndMirroredAgain)
+}
+
+func testWipedEtcdIsDetectedAndMirroredAgain(t *testing.T, e *etcdtest.Server) {
 	for i := range 10 {
 		txn(t, e.Client(), fmt.Sprintf("/p/old%d", i), "x")
 	}
