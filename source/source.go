@@ -351,7 +351,8 @@ func (e errResync) Error() string { return "full resync needed: " + e.reason }
 
 // Run takes the snapshot, applies it, then watches and applies every change
 // until ctx is done. It returns nil when ctx ends (or, with Once, after the
-// first snapshot was applied); errors from etcd are logged and retried forever.
+// first snapshot was applied); failures of etcd and of the ApplyFunc are logged,
+// each as what it is, and retried forever.
 func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 	var bo backoff
 	if s.client == nil {
