@@ -70,7 +70,8 @@ func run(args []string) int {
 	etcdCfg.DialKeepAliveTime = 30 * time.Second
 	etcdCfg.DialKeepAliveTimeout = 10 * time.Second
 	if cfg.DryRun {
-		// The source creates its client itself, retrying while etcd is unreachable.
+		// Dial retries while etcd is unreachable (with a username, creating a client needs etcd).
+		// The running dispenser's source creates its own client the same way.
 		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(cfg.StartTimeout, time.Minute))
 		defer cancel()
 		client, err := source.Dial(ctx, etcdCfg, log)
