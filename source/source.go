@@ -184,6 +184,12 @@ type Source struct {
 	applyErr  atomic.Pointer[error] // set while batches cannot be applied
 	lastErr   atomic.Pointer[error] // the last failure of either kind, until a batch is applied
 	synced    bool                  // the first snapshot was applied
+
+	// A reconnect may lead to another server (wiped, restored, replaced): follow
+	// counts them, and a count not yet known to a snapshot or check asks for one.
+	reconnects  atomic.Int64
+	reconnected chan struct{}
+	known       int64
 }
 
 // LastError is the last failure, of etcd or (an *ApplyError) of the target, or
@@ -213,7 +219,8 @@ func New(opts Options) *Source {
 	if obs == nil {
 		obs = noObserver{}
 	}
-	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs, client: opts.Client}
+	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs, client: opts.Client,
+		reconnected: make(chan struct{}, 1)}
 }
 
 // Dial creates a client from cfg, retrying with backoff while etcd cannot be
@@ -363,6 +370,7 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 		}()
 	}
 	needSnapshot, verify := true, false
+	following := false
 	for ctx.Err() == nil {
 		if s.client == nil {
 			if err := s.connect(ctx); err != nil {
@@ -374,6 +382,12 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 				bo.wait(ctx)
 				continue
 			}
+		}
+		if !following {
+			following = true
+			fctx, stop := context.WithCancel(ctx)
+			defer stop()
+			go s.follow(fctx, s.client.ActiveConnection())
 		}
 		if needSnapshot {
 			if err := s.syncFull(ctx, apply); err != nil {
@@ -486,6 +500,7 @@ func (s *Source) appliedOK() {
 // syncFull reads the whole prefix at one revision and applies it as a Full batch.
 func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	start := time.Now()
+	known := s.reconnects.Load()
 	b, err := s.Snapshot(ctx)
 	if err != nil {
 		return err
@@ -495,6 +510,7 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 		return applyError(b.Revision, err)
 	}
 	s.commit(b)
+	s.known = known
 	s.synced = true
 	s.appliedOK()
 	s.obs.Watching(true, "")
@@ -606,13 +622,9 @@ func (s *Source) checkHeader(cluster, term uint64) error {
 }
 
 // watch follows the prefix from the applied revision until an error. With
-// verify, it first checks that etcd holds the history that was applied.
+// verify, or when the connection came back since the last snapshot or check, it
+// first checks that etcd holds the history that was applied.
 func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify bool) error {
-	if verify {
-		if err := s.check(ctx); err != nil {
-			return err
-		}
-	}
 	s.gen++
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -624,10 +636,16 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	wch := s.client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
 		clientv3.WithProgressNotify(), clientv3.WithFragment())
 	s.log.Debug("watching", "prefix", s.prefix, "from_revision", from)
+	// After Watch returned: a connection lost while the watch was being set up
+	// counts too.
+	if verify || s.reconnects.Load() != s.known {
+		if err := s.check(ctx); err != nil {
+			return err
+		}
+	}
 
 	check := time.NewTicker(s.opts.CheckInterval)
 	defer check.Stop()
-	reconnected := reconnects(wctx, s.client.ActiveConnection())
 	var lastApply time.Time
 	burst := false
 	for {
@@ -638,9 +656,12 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			if err := s.check(ctx); err != nil {
 				return err
 			}
-		case <-reconnected:
+		case <-s.reconnected:
 			// clientv3 resumed the watch by itself, maybe on a server that was wiped,
 			// restored or replaced meanwhile.
+			if s.reconnects.Load() == s.known {
+				continue // a check since has covered it
+			}
 			s.log.Debug("connection to etcd back; checking its keys")
 			if err := s.check(ctx); err != nil {
 				return err
@@ -681,26 +702,24 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	}
 }
 
-// reconnects signals each time conn becomes ready again after it was not, until ctx ends.
-func reconnects(ctx context.Context, conn *grpc.ClientConn) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	go func() {
-		st := conn.GetState()
-		lost := st != connectivity.Ready
-		for conn.WaitForStateChange(ctx, st) {
-			// Leaving Ready is a lost connection, even when Ready is back by the time we look.
-			lost = lost || st == connectivity.Ready
-			st = conn.GetState()
-			if st == connectivity.Ready && lost {
-				lost = false
-				select {
-				case ch <- struct{}{}:
-				default: // one pending check covers it
-				}
+// follow counts each time conn becomes ready again after it was not, and
+// signals s.reconnected, until ctx ends.
+func (s *Source) follow(ctx context.Context, conn *grpc.ClientConn) {
+	st := conn.GetState()
+	lost := st != connectivity.Ready
+	for conn.WaitForStateChange(ctx, st) {
+		// Leaving Ready is a lost connection, even when Ready is back by the time we look.
+		lost = lost || st == connectivity.Ready
+		st = conn.GetState()
+		if st == connectivity.Ready && lost {
+			lost = false
+			s.reconnects.Add(1)
+			select {
+			case s.reconnected <- struct{}{}:
+			default: // one pending signal covers it
 			}
 		}
-	}()
-	return ch
+	}
 }
 
 // maxMerge bounds how many responses one batch merges, so a long backlog is
@@ -810,6 +829,7 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 // later re-watch starts there. (Changes that a listing cannot see, a key created
 // and deleted again in between, leave no trace to apply.)
 func (s *Source) check(ctx context.Context) error {
+	s.known = s.reconnects.Load()
 	cur, same, err := s.fingerprint(ctx, 0)
 	if err != nil {
 		return fmt.Errorf("revision check: %w", err)
