@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -74,13 +75,17 @@ func run(args []string) int {
 	etcdCfg.Logger = zap.NewNop()
 	etcdCfg.DialKeepAliveTime = 30 * time.Second
 	etcdCfg.DialKeepAliveTimeout = 10 * time.Second
-	client, err := clientv3.New(etcdCfg)
-	if err != nil {
-		log.Error("cannot create the etcd client", "endpoints", etcdCfg.Endpoints, "err", err)
-		return 1
-	}
-	defer client.Close()
 	if cfg.DryRun {
+		// Dial retries while etcd is unreachable (with a username, creating a client needs etcd).
+		// The running dispenser's source creates its own client the same way.
+		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(cfg.StartTimeout, time.Minute))
+		defer cancel()
+		client, err := source.Dial(ctx, etcdCfg, log)
+		if err != nil {
+			log.Error("dry run: cannot connect to etcd", "endpoints", etcdCfg.Endpoints, "err", err)
+			return 1
+		}
+		defer client.Close()
 		return apply.DryRun(cfg, client, log, os.Stdout)
 	}
 
@@ -117,7 +122,7 @@ func run(args []string) int {
 		sup.Shutdown()
 		return 2
 	}
-	src := source.New(source.Options{Client: client, Prefix: cfg.Prefix, Once: cfg.Once,
+	src := source.New(source.Options{Config: etcdCfg, Prefix: cfg.Prefix, Once: cfg.Once,
 		CheckInterval: cfg.CheckInterval, Coalesce: cfg.Coalesce, Logger: log, Observer: m})
 	log.Info("starting", "version", version, "prefix", source.NormalizePrefix(cfg.Prefix), "target", cfg.Target,
 		"endpoints", etcdCfg.Endpoints, "pid", os.Getpid())
@@ -141,8 +146,19 @@ func run(args []string) int {
 		if cfg.Once && err == nil {
 			return sup.Shutdown()
 		}
-		log.Error("etcd unreachable: the first sync did not succeed in time", "start_timeout", cfg.StartTimeout,
-			"last_error", src.LastError())
+		// Name what failed: etcd, or the target (disk, template, check).
+		last := src.LastError()
+		var ae *source.ApplyError
+		switch {
+		case errors.As(last, &ae):
+			log.Error("the first sync did not succeed in time: applying to the target failed", "stage", ae.Stage,
+				"start_timeout", cfg.StartTimeout, "err", ae.Err)
+		case last != nil:
+			log.Error("the first sync did not succeed in time: etcd unreachable or failing",
+				"start_timeout", cfg.StartTimeout, "err", last)
+		default:
+			log.Error("the first sync did not succeed in time", "start_timeout", cfg.StartTimeout)
+		}
 		sup.Shutdown()
 		return 1
 	case err := <-d.Started():

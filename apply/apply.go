@@ -137,7 +137,18 @@ func (p *Pipeline) Stop() {
 }
 
 // Apply applies one batch: files, templates, checks, then the start or one notification.
+// A failure is a *source.ApplyError naming its stage (write, template, check), so that the
+// source reports it as the target's, never as etcd's.
 func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
+	err := p.apply(ctx, b)
+	var e *Error
+	if errors.As(err, &e) {
+		return &source.ApplyError{Stage: e.Stage, Revision: b.Revision, Err: e}
+	}
+	return err
+}
+
+func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 	if !p.first && b.Full && len(b.Changes) == 0 && p.cfg.Prefix != "" {
 		p.log.Warn("the prefix matches no key in etcd: nothing to mirror yet", "prefix", p.cfg.Prefix)
 	}

@@ -21,7 +21,10 @@ func inEtcd(t *testing.T, c *clientv3.Client, prefix string) map[string]string {
 }
 
 func TestCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testCompactionWhileDisconnectedRemovesVanishedFiles)
+}
+
+func testCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T, e *etcdtest.Server) {
 	c := e.Client()
 	txn(t, c, "/p/a", "1", "/p/b", "1")
 	d := start(t, e, "reader", "--prefix=/p")
@@ -41,7 +44,10 @@ func TestCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T) {
 }
 
 func TestWipedEtcdIsDetectedAndMirroredAgain(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testWipedEtcdIsDetectedAndMirroredAgain)
+}
+
+func testWipedEtcdIsDetectedAndMirroredAgain(t *testing.T, e *etcdtest.Server) {
 	for i := range 10 {
 		txn(t, e.Client(), fmt.Sprintf("/p/old%d", i), "x")
 	}

@@ -2,15 +2,19 @@
 // /metrics, liveness on /healthz and readiness on /readyz. It knows nothing about etcd, files or
 // processes; main and the source report events to it.
 //
-// Readiness means the child has its files and they follow etcd: the initial sync is done and the
-// watch is healthy. While etcd fails (or a full resync runs) /readyz answers 503 with the reason.
+// Readiness means the child has its files and they follow etcd: the initial sync is done, the
+// watch is healthy and the last batch could be applied. While etcd fails (or a full resync runs)
+// /readyz answers 503 with the reason; while the target cannot take a batch (disk, template,
+// check), it says so, naming the stage and a system error but never a key or path: /readyz is
+// unauthenticated.
 // A connection that dies silently is noticed by the source's periodic revision check
 // (--check-interval plus its request timeout), not at once.
 //
 // Watch lag is measured in revisions: etcd's latest revision that the dispenser has seen (in any
 // response header or progress notification) minus the applied revision. Writes outside the
-// prefix raise etcd's revision without an event for us; the source asks for a progress
-// notification at every revision check, which brings the lag back to 0 within --check-interval.
+// prefix raise etcd's revision without an event for us; the source's check (every
+// --check-interval) lists the prefix's keys and, finding them unchanged, moves the applied
+// revision to etcd's, which brings the lag back to 0.
 package metrics
 
 import (
@@ -21,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +44,7 @@ type Metrics struct {
 	batches, written, removed        prometheus.Counter
 	skipped, signals, resyncs        prometheus.Counter
 	etcdErrors                       prometheus.Counter
+	applyErrors                      *prometheus.CounterVec
 
 	mu         sync.Mutex
 	appliedRev int64
@@ -46,6 +52,7 @@ type Metrics struct {
 	synced     bool
 	watching   bool
 	reason     string // why the watch is not healthy
+	applyFail  string // why the last batch could not be applied, until one is
 }
 
 // New registers the metrics on a private registry, with the Go runtime and process collectors.
@@ -71,6 +78,13 @@ func New(version string) *Metrics {
 	m.signals = counter("signals_sent_total", "Signals sent to the command after a change.")
 	m.resyncs = counter("resyncs_total", "Full resyncs after the initial sync (compaction, wiped etcd, failed batch).")
 	m.etcdErrors = counter("etcd_errors_total", "Failed etcd requests and watches (each is retried).")
+	m.applyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "apply_errors_total",
+		Help: "Batches the target could not take (each is retried), by stage: files, template, check, target."},
+		[]string{"stage"})
+	m.reg.MustRegister(m.applyErrors)
+	for _, stage := range []string{"files", "template", "check", "target"} {
+		m.applyErrors.WithLabelValues(stage) // shown at 0 from the start
+	}
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "watch_lag_revisions",
 			Help: "etcd's latest seen revision minus the applied revision."}, m.lag),
@@ -104,6 +118,7 @@ func (m *Metrics) Applied(rev int64) {
 	m.mu.Lock()
 	m.appliedRev = rev
 	m.latestRev = max(m.latestRev, rev)
+	m.applyFail = ""
 	m.mu.Unlock()
 	m.applied.Set(float64(rev))
 }
@@ -126,6 +141,24 @@ func (m *Metrics) EtcdError(error) {
 		return
 	}
 	m.etcdErrors.Inc()
+}
+
+// ApplyFailed counts a batch the target could not take, by stage, and makes /readyz fail until a
+// batch is applied (source.Observer). The reason keeps only a system error's text (errno), as the
+// rest may name keys.
+func (m *Metrics) ApplyFailed(stage string, err error) {
+	if m == nil {
+		return
+	}
+	m.applyErrors.WithLabelValues(stage).Inc()
+	reason := "applying to the target failed (" + stage + "); see the log"
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		reason = "applying to the target failed (" + stage + "): " + errno.Error()
+	}
+	m.mu.Lock()
+	m.applyFail = reason
+	m.mu.Unlock()
 }
 
 // Watching records whether the watch is healthy, and why not (source.Observer).
@@ -152,6 +185,9 @@ func (m *Metrics) BatchApplied(written, removed, skipped int) {
 		return
 	}
 	m.batches.Inc()
+	m.mu.Lock()
+	m.applyFail = ""
+	m.mu.Unlock()
 	m.written.Add(float64(written))
 	m.removed.Add(float64(removed))
 	m.skipped.Add(float64(skipped))
@@ -181,6 +217,10 @@ func (m *Metrics) Ready() (bool, string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
+	case m.applyFail != "" && !m.synced:
+		return false, "initial sync not done: " + m.applyFail
+	case m.applyFail != "":
+		return false, m.applyFail
 	case !m.synced && m.watching:
 		return false, "initial sync not applied yet"
 	case !m.synced:

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"io"
 	"net/http/httptest"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -79,5 +81,38 @@ func TestMetricNames(t *testing.T) {
 		if !strings.Contains(body, name) {
 			t.Errorf("/metrics lacks %q", name)
 		}
+	}
+}
+
+// A failure to apply is the target's: it is counted by stage, not as an etcd error, and /readyz
+// names it without naming any key (the endpoint is unauthenticated).
+func TestApplyFailureIsNamedAndCountedByStageWithoutKeys(t *testing.T) {
+	m := New("test")
+	m.Watching(true, "")
+	m.Synced()
+	m.Applied(5)
+	err := &os.PathError{Op: "open", Path: "/config/..2026/secret-db-password", Err: syscall.ENOSPC}
+	m.ApplyFailed("files", err)
+	code, body := get(t, m, "/readyz")
+	if code != 503 || !strings.Contains(body, "applying to the target failed") || !strings.Contains(body, "no space left on device") {
+		t.Fatalf("/readyz %d %q, want 503 naming the apply failure and its cause", code, body)
+	}
+	if strings.Contains(body, "secret") || strings.Contains(body, "/config") {
+		t.Fatalf("/readyz names a key or path: %q", body)
+	}
+	m.ApplyFailed("template", errors.New(`template "db.conf": key "secret-db-password" missing`))
+	if _, body := get(t, m, "/readyz"); strings.Contains(body, "secret") || !strings.Contains(body, "template") {
+		t.Fatalf("/readyz %q: want the stage, never the key", body)
+	}
+	_, metrics := get(t, m, "/metrics")
+	for _, want := range []string{`etcd_config_dispenser_apply_errors_total{stage="files"} 1`,
+		`etcd_config_dispenser_apply_errors_total{stage="template"} 1`, "etcd_config_dispenser_etcd_errors_total 0"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	m.Applied(6)
+	if code, _ := get(t, m, "/readyz"); code != 200 {
+		t.Fatalf("/readyz %d after a batch was applied again, want 200", code)
 	}
 }

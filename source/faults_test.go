@@ -52,7 +52,10 @@ func storm(t *testing.T, c *clientv3.Client, n int) {
 }
 
 func TestDroppedConnectionsLoseAndRepeatNothing(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testDroppedConnectionsLoseAndRepeatNothing)
+}
+
+func testDroppedConnectionsLoseAndRepeatNothing(t *testing.T, e *etcdtest.Server) {
 	c := e.Client()
 	m := &mirror{}
 	s := run(t, Options{Client: e.BridgedClient(), Prefix: "/p"}, m)
@@ -83,7 +86,10 @@ func TestDroppedConnectionsLoseAndRepeatNothing(t *testing.T) {
 }
 
 func TestEtcdRestartDuringAWriteStormConverges(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testEtcdRestartDuringAWriteStormConverges)
+}
+
+func testEtcdRestartDuringAWriteStormConverges(t *testing.T, e *etcdtest.Server) {
 	c := e.Client()
 	m := &mirror{}
 	run(t, Options{Client: e.BridgedClient(), Prefix: "/p", RequestTimeout: time.Second}, m)

@@ -5,11 +5,25 @@
 // batch; revisions that arrive together are merged, a revision is never split.
 // It owns everything that can go wrong on the etcd side: retries with backoff,
 // re-watching from the last applied revision after a dropped stream or a lost
-// leader, and a full resync after a compaction or when etcd's history went
-// backwards (a wiped or restored server). It knows nothing about files.
+// leader, and a full resync after a compaction or when etcd's history is not
+// the one applied (a wiped or restored server).
+//
+// Nothing is skipped that was not applied: the only events dropped are those at
+// or below the applied revision, and that revision moves only when a batch was
+// applied or when a keys-only listing of the prefix at a later revision equals
+// what was applied. A progress notification never moves it: etcd before the fix
+// of etcd-io/etcd#15220 (3.4.23, 3.5.7) reports its current revision to a watch
+// that has just reconnected and not yet caught up.
+//
+// The applied keys with their create and mod revisions are the model. At every
+// check (CheckInterval), every reconnect and every re-watch after a failure, a
+// keys-only listing is compared with it; a difference that pending events cannot explain means another history (a
+// wipe or restore whose revision passed ours) and a full resync. It knows
+// nothing about files.
 package source
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,12 +33,18 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // Change is the new state of one key, relative to the prefix.
@@ -40,22 +60,66 @@ type Batch struct {
 	Revision int64
 	Full     bool
 	Changes  []Change
+	revs     []keyRevs // per change, what the model records once the batch is applied
 }
 
+// keyRevs identifies one version of a key in one history: a wiped etcd that
+// reaches the same revision again holds other keys at other revisions.
+type keyRevs struct{ create, mod int64 }
+
 // ApplyFunc applies one batch. An error means the batch was not applied; the
-// source then backs off and resyncs fully, so nothing is lost.
+// source then backs off and resyncs fully, so nothing is lost. Such a failure is
+// the target's, not etcd's: the source reports it as an ApplyError, with the
+// stage an *ApplyError returned by the ApplyFunc names.
 type ApplyFunc func(ctx context.Context, b Batch) error
+
+// ApplyError is a batch that could not be applied: a local failure (the disk, a
+// template, a check command), never reported as an etcd one.
+type ApplyError struct {
+	// Stage names the part that failed, for metrics: an ApplyFunc may set it;
+	// otherwise it is "files" for a failed system call and "target" for the rest.
+	Stage    string
+	Revision int64
+	Err      error
+}
+
+func (e *ApplyError) Error() string {
+	return fmt.Sprintf("applying revision %d to the target (%s): %v", e.Revision, e.Stage, e.Err)
+}
+
+func (e *ApplyError) Unwrap() error { return e.Err }
+
+// applyError wraps what the ApplyFunc returned.
+func applyError(rev int64, err error) *ApplyError {
+	var ae *ApplyError
+	if errors.As(err, &ae) {
+		return &ApplyError{Stage: cmp.Or(ae.Stage, stageOf(ae.Err)), Revision: rev, Err: ae.Err}
+	}
+	return &ApplyError{Stage: stageOf(err), Revision: rev, Err: err}
+}
+
+func stageOf(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return "files"
+	}
+	return "target"
+}
 
 // Options configure a Source. Zero values are sensible defaults.
 type Options struct {
+	// Client is the etcd client. If it is nil, Run creates one from Config, retrying with
+	// backoff while that fails, and closes it when it returns: with a username, clientv3
+	// authenticates when it creates a client, which fails while etcd is unreachable.
 	Client *clientv3.Client
+	Config clientv3.Config
 	// Prefix is the etcd key prefix. It is a directory boundary: "/app" and
 	// "/app/" both mirror the keys under "/app/", never "/app2".
 	Prefix string
 	// PageSize is the number of keys per Get page of a snapshot (default 500).
 	PageSize int64
-	// CheckInterval is how often a linearizable Get checks that etcd's
-	// revision did not go backwards (default 30s).
+	// CheckInterval is how often a linearizable keys-only listing of the prefix
+	// checks that etcd still holds the history that was applied (default 30s).
 	CheckInterval time.Duration
 	// RequestTimeout bounds each Get (default 5s).
 	RequestTimeout time.Duration
@@ -74,13 +138,17 @@ type Options struct {
 // Observer learns what the source sees. Its methods are called from Run's goroutine and must
 // return quickly.
 type Observer interface {
-	// Applied reports the revision up to which everything has been applied (it also moves on
-	// progress notifications, without a batch).
+	// Applied reports the revision up to which everything has been applied (it also moves,
+	// without a batch, when a check finds the prefix unchanged up to etcd's revision).
 	Applied(rev int64)
-	// EtcdRevision reports the revision of a response header: etcd's latest known revision.
+	// EtcdRevision reports the revision of a response header or progress notification:
+	// etcd's latest known revision.
 	EtcdRevision(rev int64)
 	// EtcdError reports a failed request or watch; the source retries.
 	EtcdError(err error)
+	// ApplyFailed reports a batch the ApplyFunc could not apply, and the stage that failed
+	// (see ApplyError); the source retries. It is not an etcd error.
+	ApplyFailed(stage string, err error)
 	// Watching reports whether the source follows etcd live: true once a snapshot is applied
 	// and while the watch works, false with the reason while it fails or resyncs.
 	Watching(ok bool, reason string)
@@ -90,11 +158,12 @@ type Observer interface {
 
 type noObserver struct{}
 
-func (noObserver) Applied(int64)         {}
-func (noObserver) EtcdRevision(int64)    {}
-func (noObserver) EtcdError(error)       {}
-func (noObserver) Watching(bool, string) {}
-func (noObserver) Resync(string)         {}
+func (noObserver) Applied(int64)             {}
+func (noObserver) EtcdRevision(int64)        {}
+func (noObserver) EtcdError(error)           {}
+func (noObserver) ApplyFailed(string, error) {}
+func (noObserver) Watching(bool, string)     {}
+func (noObserver) Resync(string)             {}
 
 // Source is the etcd side of the dispenser.
 type Source struct {
@@ -109,10 +178,22 @@ type Source struct {
 	gen       int
 	connected bool
 	obs       Observer
-	lastErr   atomic.Pointer[error] // set during an outage
+	client    *clientv3.Client
+	model     map[string]keyRevs    // the applied keys, relative to the prefix
+	etcdErr   atomic.Pointer[error] // set during an etcd outage
+	applyErr  atomic.Pointer[error] // set while batches cannot be applied
+	lastErr   atomic.Pointer[error] // the last failure of either kind, until a batch is applied
+	synced    bool                  // the first snapshot was applied
+
+	// A reconnect may lead to another server (wiped, restored, replaced): follow
+	// counts them, and a count not yet known to a snapshot or check asks for one.
+	reconnects  atomic.Int64
+	reconnected chan struct{}
+	known       int64
 }
 
-// LastError is the last etcd error, or nil after a success.
+// LastError is the last failure, of etcd or (an *ApplyError) of the target, or
+// nil once a batch was applied after it.
 func (s *Source) LastError() error {
 	if p := s.lastErr.Load(); p != nil {
 		return *p
@@ -138,8 +219,101 @@ func New(opts Options) *Source {
 	if obs == nil {
 		obs = noObserver{}
 	}
-	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs}
+	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs, client: opts.Client,
+		reconnected: make(chan struct{}, 1)}
 }
+
+// Dial creates a client from cfg, retrying with backoff while etcd cannot be
+// reached, until ctx ends; then it returns the last failure.
+func Dial(ctx context.Context, cfg clientv3.Config, log *slog.Logger) (*clientv3.Client, error) {
+	s := New(Options{Config: cfg, Logger: log})
+	var bo backoff
+	for {
+		err := s.connect(ctx)
+		if err == nil {
+			return s.client, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		s.fail("connecting", err)
+		bo.wait(ctx)
+	}
+}
+
+// ctxWithout is a context for a diagnosis after ctx ended.
+func ctxWithout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+}
+
+// connect creates the client from Options.Config; the request timeout bounds
+// the authentication, Run's context all the rest.
+func (s *Source) connect(ctx context.Context) error {
+	cfg := s.opts.Config
+	cfg.Context = ctx
+	cfg.DialTimeout = s.opts.RequestTimeout
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		err = fmt.Errorf("connecting to %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		if timedOut(err) && cfg.Username != "" {
+			// clientv3.New authenticates and reports only that time ran out; a client
+			// without credentials, which does not wait for etcd, can say why.
+			cfg.Username, cfg.Password = "", ""
+			cfg.Context = context.WithoutCancel(ctx)
+			if probe, perr := clientv3.New(cfg); perr == nil {
+				err = withCause(ctx, probe, err)
+				probe.Close()
+			}
+		}
+		return err
+	}
+	s.client = c
+	return nil
+}
+
+// timedOut reports an error that says only that time ran out or etcd was
+// unavailable, not why.
+func timedOut(err error) bool {
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Unavailable, codes.Canceled:
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// withCause adds to such an error the reason of grpc's last failed connection
+// attempt (refused, TLS handshake, not an etcd server...), which a request that
+// waits for a connection never reports: a request that does not wait for one
+// fails with it.
+func withCause(ctx context.Context, c *clientv3.Client, err error) error {
+	var ce *causeError
+	if c == nil || !timedOut(err) || errors.As(err, &ce) {
+		return err
+	}
+	pctx, cancel := ctxWithout(ctx)
+	defer cancel()
+	_, perr := etcdserverpb.NewMaintenanceClient(c.ActiveConnection()).Status(pctx, &etcdserverpb.StatusRequest{},
+		grpc.WaitForReady(false))
+	if status.Code(perr) != codes.Unavailable {
+		return err
+	}
+	cause := strings.TrimPrefix(status.Convert(perr).Message(), "connection error: desc = ")
+	if u, uerr := strconv.Unquote(cause); uerr == nil {
+		cause = u
+	}
+	return &causeError{err, cause}
+}
+
+// causeError is an error with grpc's last connection error.
+type causeError struct {
+	err   error
+	cause string
+}
+
+func (e *causeError) Error() string {
+	return fmt.Sprintf("%v (last connection error: %s)", e.err, e.cause)
+}
+func (e *causeError) Unwrap() error { return e.err }
 
 // NormalizePrefix makes the prefix a directory boundary by giving it one
 // trailing slash. The empty prefix mirrors the whole keyspace.
@@ -159,6 +333,21 @@ func (s *Source) setApplied(rev int64) {
 	s.obs.Applied(rev)
 }
 
+// commit records in the model what an applied batch did.
+func (s *Source) commit(b Batch) {
+	if b.Full || s.model == nil {
+		s.model = make(map[string]keyRevs, len(b.Changes))
+	}
+	for i, c := range b.Changes {
+		if c.Delete {
+			delete(s.model, c.Key)
+		} else {
+			s.model[c.Key] = b.revs[i]
+		}
+	}
+	s.setApplied(b.Revision)
+}
+
 // Resyncs counts the full resyncs after the initial snapshot.
 func (s *Source) Resyncs() int64 { return s.resyncs.Load() }
 
@@ -169,30 +358,67 @@ func (e errResync) Error() string { return "full resync needed: " + e.reason }
 
 // Run takes the snapshot, applies it, then watches and applies every change
 // until ctx is done. It returns nil when ctx ends (or, with Once, after the
-// first snapshot was applied); errors from etcd are logged and retried forever.
+// first snapshot was applied); failures of etcd and of the ApplyFunc are logged,
+// each as what it is, and retried forever.
 func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 	var bo backoff
-	needSnapshot := true
+	if s.client == nil {
+		defer func() {
+			if s.client != nil {
+				s.client.Close()
+			}
+		}()
+	}
+	needSnapshot, verify := true, false
+	following := false
 	for ctx.Err() == nil {
-		if needSnapshot {
-			if err := s.syncFull(ctx, apply); err != nil {
+		if s.client == nil {
+			if err := s.connect(ctx); err != nil {
 				if ctx.Err() != nil {
+					s.cutShort(err)
 					break
 				}
-				s.fail("snapshot", err)
+				s.fail("connecting", err)
 				bo.wait(ctx)
 				continue
 			}
-			needSnapshot = false
+		}
+		if !following {
+			following = true
+			fctx, stop := context.WithCancel(ctx)
+			defer stop()
+			go s.follow(fctx, s.client.ActiveConnection())
+		}
+		if needSnapshot {
+			if err := s.syncFull(ctx, apply); err != nil {
+				var ae *ApplyError
+				switch {
+				case ctx.Err() != nil:
+					s.cutShort(err)
+				case errors.As(err, &ae):
+					s.applyFailed(ae)
+				default:
+					s.fail("snapshot", err)
+				}
+				if ctx.Err() != nil {
+					break
+				}
+				bo.wait(ctx)
+				continue
+			}
+			needSnapshot, verify = false, false // the model was just read
 			bo.reset()
 			if s.opts.Once {
 				return nil
 			}
 		}
-		err := s.watch(ctx, apply, &bo)
+		err := s.watch(ctx, apply, &bo, verify)
 		if ctx.Err() != nil {
 			break
 		}
+		// After any failure the server may be another one (restored, replaced): check
+		// its keys before following it again.
+		verify = true
 		var r errResync
 		if errors.As(err, &r) {
 			s.log.Warn("resyncing the whole prefix", "reason", r.reason, "applied_revision", s.Applied())
@@ -212,36 +438,81 @@ func (s *Source) Run(ctx context.Context, apply ApplyFunc) error {
 }
 
 // fail logs an etcd problem once per outage at warning level, then at debug.
+// The error says why, when grpc knows more than that time ran out.
 func (s *Source) fail(what string, err error) {
+	ctx, cancel := ctxWithout(context.Background())
+	defer cancel()
+	err = withCause(ctx, s.client, err)
 	s.obs.EtcdError(err)
 	s.obs.Watching(false, fmt.Sprintf("etcd %s failing: %v", what, err))
 	s.connected = false
-	if s.lastErr.Swap(&err) == nil {
+	s.lastErr.Store(&err)
+	if s.etcdErr.Swap(&err) == nil {
 		s.log.Warn("etcd unreachable or failing, retrying with backoff", "during", what, "err", err)
 		return
 	}
 	s.log.Debug("etcd still failing", "during", what, "err", err)
 }
 
-// recovered ends an outage, if there was one.
-func (s *Source) recovered() {
-	if s.lastErr.Swap(nil) != nil {
+// applyFailed logs a batch the target could not take, at error level when the
+// failure is new (or another stage fails), then at debug.
+func (s *Source) applyFailed(ae *ApplyError) {
+	var err error = ae
+	s.obs.ApplyFailed(ae.Stage, ae.Err)
+	s.lastErr.Store(&err)
+	prev := s.applyErr.Swap(&err)
+	if prev == nil || (*prev).(*ApplyError).Stage != ae.Stage {
+		s.log.Error("applying to the target failed, retrying with backoff", "stage", ae.Stage,
+			"revision", ae.Revision, "err", ae.Err)
+		return
+	}
+	s.log.Debug("applying to the target still failing", "stage", ae.Stage, "err", ae.Err)
+}
+
+// cutShort keeps the cause of an attempt that ctx ended before the first sync,
+// for the message that the first sync did not succeed.
+func (s *Source) cutShort(err error) {
+	var ae *ApplyError
+	if s.synced || errors.As(err, &ae) || s.lastErr.Load() != nil {
+		return
+	}
+	ctx, cancel := ctxWithout(context.Background())
+	defer cancel()
+	err = withCause(ctx, s.client, err)
+	s.lastErr.Store(&err)
+}
+
+// reached ends an etcd outage, if there was one.
+func (s *Source) reached() {
+	if s.etcdErr.Swap(nil) != nil {
 		s.log.Info("etcd reachable again", "applied_revision", s.Applied())
+	}
+}
+
+// appliedOK ends a run of apply failures, if there was one.
+func (s *Source) appliedOK() {
+	s.lastErr.Store(nil)
+	if s.applyErr.Swap(nil) != nil {
+		s.log.Info("applying to the target works again", "applied_revision", s.Applied())
 	}
 }
 
 // syncFull reads the whole prefix at one revision and applies it as a Full batch.
 func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	start := time.Now()
+	known := s.reconnects.Load()
 	b, err := s.Snapshot(ctx)
 	if err != nil {
 		return err
 	}
+	s.reached()
 	if err := apply(ctx, b); err != nil {
-		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
+		return applyError(b.Revision, err)
 	}
-	s.setApplied(b.Revision)
-	s.recovered()
+	s.commit(b)
+	s.known = known
+	s.synced = true
+	s.appliedOK()
 	s.obs.Watching(true, "")
 	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
 		"ms", time.Since(start).Milliseconds())
@@ -252,6 +523,23 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 // fixes the revision R, every later page is read at R.
 func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 	b := Batch{Full: true}
+	first, err := s.list(ctx, 0, false, func(kv *mvccpb.KeyValue) {
+		b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
+		b.revs = append(b.revs, keyRevs{kv.CreateRevision, kv.ModRevision})
+	})
+	if err != nil {
+		return Batch{}, withCause(ctx, s.client, fmt.Errorf("reading prefix %q: %w", s.prefix, err))
+	}
+	b.Revision = first.Revision
+	s.noteHeader(first.ClusterId, first.RaftTerm)
+	s.obs.EtcdRevision(first.Revision)
+	s.logConnected(ctx, first.MemberId)
+	return b, nil
+}
+
+// list reads every key of the prefix in pages at one revision: rev, or if 0 the
+// revision of the first (linearizable) page. It returns the first page's header.
+func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*mvccpb.KeyValue)) (*etcdserverpb.ResponseHeader, error) {
 	end := clientv3.GetPrefixRangeEnd(s.prefix)
 	if s.prefix == "" {
 		end = "\x00"
@@ -260,32 +548,34 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 	if from == "" {
 		from = "\x00"
 	}
+	var header *etcdserverpb.ResponseHeader
 	for {
 		opts := []clientv3.OpOption{
 			clientv3.WithRange(end),
 			clientv3.WithLimit(s.opts.PageSize),
 			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
 		}
-		if b.Revision != 0 {
-			opts = append(opts, clientv3.WithRev(b.Revision))
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-		resp, err := s.opts.Client.Get(rctx, from, opts...)
+		resp, err := s.client.Get(rctx, from, opts...)
 		cancel()
 		if err != nil {
-			return Batch{}, fmt.Errorf("reading prefix %q: %w", s.prefix, err)
+			return nil, err
 		}
-		if b.Revision == 0 {
-			b.Revision = resp.Header.Revision
-			s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
-			s.obs.EtcdRevision(resp.Header.Revision)
-			s.logConnected(ctx, resp.Header.MemberId)
+		if header == nil {
+			header = resp.Header
+			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
+			each(kv)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return b, nil
+			return header, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
@@ -301,7 +591,7 @@ func (s *Source) logConnected(ctx context.Context, member uint64) {
 	var urls []string
 	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 	defer cancel()
-	if ml, err := s.opts.Client.MemberList(rctx); err == nil {
+	if ml, err := s.client.MemberList(rctx); err == nil {
 		for _, m := range ml.Members {
 			if m.ID == member {
 				urls = m.ClientURLs
@@ -331,8 +621,10 @@ func (s *Source) checkHeader(cluster, term uint64) error {
 	return nil
 }
 
-// watch follows the prefix from the applied revision until an error.
-func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error {
+// watch follows the prefix from the applied revision until an error. With
+// verify, or when the connection came back since the last snapshot or check, it
+// first checks that etcd holds the history that was applied.
+func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify bool) error {
 	s.gen++
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -341,9 +633,16 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 	wctx = metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(wctx),
 		"etcd-config-dispenser-watch", strconv.Itoa(s.gen))
 	from := s.Applied() + 1
-	wch := s.opts.Client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+	wch := s.client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
 		clientv3.WithProgressNotify(), clientv3.WithFragment())
 	s.log.Debug("watching", "prefix", s.prefix, "from_revision", from)
+	// After Watch returned: a connection lost while the watch was being set up
+	// counts too.
+	if verify || s.reconnects.Load() != s.known {
+		if err := s.check(ctx); err != nil {
+			return err
+		}
+	}
 
 	check := time.NewTicker(s.opts.CheckInterval)
 	defer check.Stop()
@@ -354,13 +653,18 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-check.C:
-			if err := s.checkRevision(ctx); err != nil {
+			if err := s.check(ctx); err != nil {
 				return err
 			}
-			// A progress notification moves the applied revision past writes outside the
-			// prefix, so the watch lag (etcd's revision minus the applied one) returns to 0.
-			if err := s.opts.Client.RequestProgress(wctx); err != nil {
-				s.log.Debug("requesting watch progress", "err", err)
+		case <-s.reconnected:
+			// clientv3 resumed the watch by itself, maybe on a server that was wiped,
+			// restored or replaced meanwhile.
+			if s.reconnects.Load() == s.known {
+				continue // a check since has covered it
+			}
+			s.log.Debug("connection to etcd back; checking its keys")
+			if err := s.check(ctx); err != nil {
+				return err
 			}
 		case resp, ok := <-wch:
 			if !ok {
@@ -378,22 +682,42 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff) error 
 			if err != nil {
 				return err
 			}
-			s.recovered()
+			s.reached()
 			s.obs.Watching(true, "")
 			bo.reset()
 			if len(b.Changes) == 0 {
-				s.setApplied(max(s.Applied(), b.Revision))
-				continue
+				continue // progress notifications or replays: nothing new is applied
 			}
 			if err := apply(ctx, b); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				s.log.Error("applying batch failed", "revision", b.Revision, "err", err)
+				s.applyFailed(applyError(b.Revision, err))
 				return errResync{"a batch could not be applied"}
 			}
-			s.setApplied(b.Revision)
+			s.commit(b)
+			s.appliedOK()
 			lastApply = time.Now()
+		}
+	}
+}
+
+// follow counts each time conn becomes ready again after it was not, and
+// signals s.reconnected, until ctx ends.
+func (s *Source) follow(ctx context.Context, conn *grpc.ClientConn) {
+	st := conn.GetState()
+	lost := st != connectivity.Ready
+	for conn.WaitForStateChange(ctx, st) {
+		// Leaving Ready is a lost connection, even when Ready is back by the time we look.
+		lost = lost || st == connectivity.Ready
+		st = conn.GetState()
+		if st == connectivity.Ready && lost {
+			lost = false
+			s.reconnects.Add(1)
+			select {
+			case s.reconnected <- struct{}{}:
+			default: // one pending signal covers it
+			}
 		}
 	}
 }
@@ -472,7 +796,8 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 	}
 	s.obs.EtcdRevision(resp.Header.Revision)
 	if resp.IsProgressNotify() {
-		b.Revision = max(b.Revision, resp.Header.Revision)
+		// Not proof that earlier events were delivered (etcd-io/etcd#15220): it moves
+		// only what was seen, never what is skipped.
 		return nil
 	}
 	for _, ev := range resp.Events {
@@ -489,27 +814,66 @@ func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
 		} else {
 			b.Changes = append(b.Changes, Change{Key: key, Value: ev.Kv.Value})
 		}
+		b.revs = append(b.revs, keyRevs{ev.Kv.CreateRevision, ev.Kv.ModRevision})
 		b.Revision = rev
 	}
 	return nil
 }
 
-// checkRevision is the watchdog: a linearizable read must not see a revision
-// below what was applied, nor another cluster. clientv3 would otherwise wait
-// silently for a revision a wiped server will reach only with other data.
-func (s *Source) checkRevision(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-	defer cancel()
-	resp, err := s.opts.Client.Get(rctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+// check is the watchdog: etcd must hold the history that was applied. A
+// linearizable keys-only listing of the prefix at etcd's revision R must not
+// come from another cluster or a lower revision, and must equal the model, or
+// else the listing at the applied revision must (the difference is then events
+// on their way). When the listing at R equals the model, nothing up to R is
+// missing, and the applied revision moves to R: the watch lag returns to 0 and a
+// later re-watch starts there. (Changes that a listing cannot see, a key created
+// and deleted again in between, leave no trace to apply.)
+func (s *Source) check(ctx context.Context) error {
+	s.known = s.reconnects.Load()
+	cur, same, err := s.fingerprint(ctx, 0)
 	if err != nil {
 		return fmt.Errorf("revision check: %w", err)
 	}
-	s.obs.EtcdRevision(resp.Header.Revision)
-	if resp.Header.Revision < s.Applied() {
+	s.obs.EtcdRevision(cur.Revision)
+	if cur.Revision < s.Applied() {
 		return errResync{fmt.Sprintf("etcd revision %d is below the applied revision %d (etcd wiped or restored?)",
-			resp.Header.Revision, s.Applied())}
+			cur.Revision, s.Applied())}
 	}
-	return s.checkHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+	if err := s.checkHeader(cur.ClusterId, cur.RaftTerm); err != nil {
+		return err
+	}
+	if same {
+		if cur.Revision > s.Applied() {
+			s.setApplied(cur.Revision)
+		}
+		return nil
+	}
+	_, same, err = s.fingerprint(ctx, s.Applied())
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		return errResync{fmt.Sprintf("the prefix changed and the history at the applied revision %d is compacted", s.Applied())}
+	}
+	if err != nil {
+		return fmt.Errorf("revision check at the applied revision %d: %w", s.Applied(), err)
+	}
+	if !same {
+		return errResync{fmt.Sprintf("the keys in etcd at the applied revision %d are not those applied (etcd wiped or restored?)",
+			s.Applied())}
+	}
+	return nil
+}
+
+// fingerprint lists the prefix, keys only, at rev (0: now) and reports whether
+// every key and its create and mod revisions equal the model.
+func (s *Source) fingerprint(ctx context.Context, rev int64) (*etcdserverpb.ResponseHeader, bool, error) {
+	n, same := 0, true
+	h, err := s.list(ctx, rev, true, func(kv *mvccpb.KeyValue) {
+		n++
+		if same {
+			m, ok := s.model[string(kv.Key[len(s.prefix):])]
+			same = ok && m == keyRevs{kv.CreateRevision, kv.ModRevision}
+		}
+	})
+	return h, same && n == len(s.model), err
 }
 
 // backoff is exponential from 100ms to 10s with full jitter.

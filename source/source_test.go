@@ -126,7 +126,10 @@ func TestTransactionArrivesAsOneBatch(t *testing.T) {
 }
 
 func TestCompactionWhileBehindResyncsAndDropsVanishedKeys(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testCompactionWhileBehindResyncsAndDropsVanishedKeys)
+}
+
+func testCompactionWhileBehindResyncsAndDropsVanishedKeys(t *testing.T, e *etcdtest.Server) {
 	c := e.Client()
 	put(t, c, "/p/a", "1", "/p/b", "1")
 	m := &mirror{block: make(chan struct{}), entered: make(chan struct{})}
@@ -147,7 +150,10 @@ func TestCompactionWhileBehindResyncsAndDropsVanishedKeys(t *testing.T) {
 }
 
 func TestRestartOfEtcdResumesWithoutResync(t *testing.T) {
-	e := etcdtest.Start(t)
+	etcdtest.EachVersion(t, testRestartOfEtcdResumesWithoutResync)
+}
+
+func testRestartOfEtcdResumesWithoutResync(t *testing.T, e *etcdtest.Server) {
 	c := e.Client()
 	put(t, c, "/p/a", "1")
 	m := &mirror{}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -20,13 +21,16 @@ import (
 	"go.uber.org/zap"
 )
 
-// Server is one embedded etcd member. Its address stays the same across
-// Stop, Restart and Wipe, as a real server's would.
+// Server is one etcd member, embedded (3.6) or an external etcd program (StartVersion). Its
+// address stays the same across Stop, Restart and Wipe, as a real server's would.
 type Server struct {
 	t      testing.TB
 	cfg    *embed.Config
+	bin    string // the etcd program, or "" for the embedded server
+	line   Version
 	mu     sync.Mutex
 	etcd   *embed.Etcd
+	proc   *process
 	client *clientv3.Client
 	// Bridge stands between clients and the server: Endpoint goes through it.
 	Bridge *Bridge
@@ -57,14 +61,20 @@ func WithTLS() Option {
 	}
 }
 
-// Start starts a single-member etcd and stops it when the test ends.
+// Start starts a single-member embedded etcd and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	cfg, err := Config(t.TempDir())
+	return start(t, "", opts...)
+}
+
+// start starts the program bin as the server, or the embedded etcd when bin is "".
+func start(t testing.TB, bin string, opts ...Option) *Server {
+	t.Helper()
+	cfg, err := Config(filepath.Join(t.TempDir(), "data"))
 	if err != nil {
 		t.Fatalf("etcdtest: %v", err)
 	}
-	s := &Server{t: t, cfg: cfg}
+	s := &Server{t: t, cfg: cfg, bin: bin, line: V36}
 	for _, o := range opts {
 		if err := o(cfg, s); err != nil {
 			t.Fatalf("etcdtest: %v", err)
@@ -140,6 +150,10 @@ func (s *Server) newClientOf(endpoints []string, userAndPassword ...string) *cli
 
 func (s *Server) start() {
 	s.t.Helper()
+	if s.bin != "" {
+		s.startProcess()
+		return
+	}
 	s.ready(s.launch())
 }
 
@@ -172,11 +186,14 @@ func (s *Server) Stop() {
 	// waiting for open watch streams to end.
 	s.Bridge.Down()
 	s.mu.Lock()
-	e := s.etcd
-	s.etcd = nil
+	e, p := s.etcd, s.proc
+	s.etcd, s.proc = nil, nil
 	s.mu.Unlock()
 	if e != nil {
 		e.Close()
+	}
+	if p != nil {
+		stopProcess(p)
 	}
 }
 
