@@ -40,6 +40,28 @@ type Batch struct {
 	Revision int64
 	Full     bool
 	Changes  []Change
+	// Next, if set, reads the next page of a Full batch read from etcd page by page, so the
+	// values need not be in memory together: Changes hold the first page, each call returns
+	// the next, and nil, nil after the last. The ApplyFunc must read every page before it
+	// applies the batch (Collect reads them all into Changes); an error from Next is etcd's,
+	// and the batch must not be applied.
+	Next func(ctx context.Context) ([]Change, error)
+}
+
+// Collect reads the remaining pages of b into Changes, for an ApplyFunc that needs the whole
+// batch at once.
+func (b *Batch) Collect(ctx context.Context) error {
+	for b.Next != nil {
+		page, err := b.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if page == nil {
+			b.Next = nil
+		}
+		b.Changes = append(b.Changes, page...)
+	}
+	return nil
 }
 
 // ApplyFunc applies one batch. An error means the batch was not applied; the
@@ -230,20 +252,28 @@ func (s *Source) recovered() {
 	}
 }
 
-// syncFull reads the whole prefix at one revision and applies it as a Full batch.
+// syncFull reads the whole prefix at one revision and applies it as a Full batch, page by
+// page: the batch's Next reads the next page while the apply function writes this one.
 func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	start := time.Now()
-	b, err := s.Snapshot(ctx)
+	b, pg, err := s.snapshot(ctx)
 	if err != nil {
 		return err
 	}
-	if err := apply(ctx, b); err != nil {
+	err = apply(ctx, b)
+	if pg.err != nil {
+		return pg.err // etcd failed while the batch was applied: nothing was applied
+	}
+	if err != nil {
 		return fmt.Errorf("applying snapshot at revision %d: %w", b.Revision, err)
+	}
+	if pg.ahead != nil {
+		return fmt.Errorf("applying snapshot at revision %d: the apply function did not read every page", b.Revision)
 	}
 	s.setApplied(b.Revision)
 	s.recovered()
 	s.obs.Watching(true, "")
-	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
+	s.log.Info("snapshot applied", "keys", pg.keys, "revision", b.Revision,
 		"ms", time.Since(start).Milliseconds())
 	return nil
 }
@@ -251,44 +281,109 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 // Snapshot reads every key of the prefix at one revision: the first page
 // fixes the revision R, every later page is read at R.
 func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
-	b := Batch{Full: true}
-	end := clientv3.GetPrefixRangeEnd(s.prefix)
+	b, _, err := s.snapshot(ctx)
+	if err == nil {
+		err = b.Collect(ctx)
+	}
+	if err != nil {
+		return Batch{}, err
+	}
+	return b, nil
+}
+
+// snapshot reads the first page of the prefix, which fixes the revision R, and returns it as
+// a Full batch whose Next reads the later pages at R.
+func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
+	pg := &pager{s: s, end: clientv3.GetPrefixRangeEnd(s.prefix), from: s.prefix}
 	if s.prefix == "" {
-		end = "\x00"
+		pg.end, pg.from = "\x00", "\x00"
 	}
-	from := s.prefix
-	if from == "" {
-		from = "\x00"
+	resp, err := pg.get(ctx, pg.from)
+	if err != nil {
+		return Batch{}, nil, err
 	}
-	for {
-		opts := []clientv3.OpOption{
-			clientv3.WithRange(end),
-			clientv3.WithLimit(s.opts.PageSize),
-			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
-		}
-		if b.Revision != 0 {
-			opts = append(opts, clientv3.WithRev(b.Revision))
-		}
-		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-		resp, err := s.opts.Client.Get(rctx, from, opts...)
-		cancel()
-		if err != nil {
-			return Batch{}, fmt.Errorf("reading prefix %q: %w", s.prefix, err)
-		}
-		if b.Revision == 0 {
-			b.Revision = resp.Header.Revision
-			s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
-			s.obs.EtcdRevision(resp.Header.Revision)
-			s.logConnected(ctx, resp.Header.MemberId)
-		}
-		for _, kv := range resp.Kvs {
-			b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return b, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	pg.rev = resp.Header.Revision
+	s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+	s.obs.EtcdRevision(resp.Header.Revision)
+	s.logConnected(ctx, resp.Header.MemberId)
+	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next}
+	return b, pg, nil
+}
+
+// pager reads a snapshot one page ahead of its consumer, at one revision.
+type pager struct {
+	s         *Source
+	rev       int64
+	from, end string
+	ahead     chan pageResult // the next page, being read; nil once the last was handed out
+	keys      int
+	err       error // the read that failed
+}
+
+type pageResult struct {
+	resp *clientv3.GetResponse
+	err  error
+}
+
+// get reads one page from key from on.
+func (pg *pager) get(ctx context.Context, from string) (*clientv3.GetResponse, error) {
+	opts := []clientv3.OpOption{
+		clientv3.WithRange(pg.end),
+		clientv3.WithLimit(pg.s.opts.PageSize),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
 	}
+	if pg.rev != 0 {
+		opts = append(opts, clientv3.WithRev(pg.rev))
+	}
+	rctx, cancel := context.WithTimeout(ctx, pg.s.opts.RequestTimeout)
+	defer cancel()
+	resp, err := pg.s.opts.Client.Get(rctx, from, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("reading prefix %q: %w", pg.s.prefix, err)
+	}
+	return resp, nil
+}
+
+// page turns a response into changes, and starts reading the next page if there is one.
+func (pg *pager) page(ctx context.Context, resp *clientv3.GetResponse) []Change {
+	changes := make([]Change, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		changes[i] = Change{Key: string(kv.Key[len(pg.s.prefix):]), Value: kv.Value}
+	}
+	pg.keys += len(changes)
+	if !resp.More || len(resp.Kvs) == 0 {
+		pg.ahead = nil
+		return changes
+	}
+	from := string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	ahead := make(chan pageResult, 1) // never blocks: an abandoned read just ends
+	go func() {
+		resp, err := pg.get(ctx, from)
+		ahead <- pageResult{resp, err}
+	}()
+	pg.ahead = ahead
+	return changes
+}
+
+// next is Batch.Next: the page read ahead, or nil after the last one.
+func (pg *pager) next(ctx context.Context) ([]Change, error) {
+	if pg.err != nil {
+		return nil, pg.err
+	}
+	if pg.ahead == nil {
+		return nil, nil
+	}
+	var r pageResult
+	select {
+	case r = <-pg.ahead:
+	case <-ctx.Done():
+		r.err = ctx.Err()
+	}
+	if r.err != nil {
+		pg.err = r.err
+		return nil, r.err
+	}
+	return pg.page(ctx, r.resp), nil
 }
 
 // logConnected says once per connection which etcd member answered, by its client URLs when
