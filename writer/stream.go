@@ -18,7 +18,9 @@ import (
 // batch, but the values never sit in memory together: each page's new or changed values are
 // written at once, on every core, into a spool directory inside the target while the next
 // page is read, and Commit hard-links them into the new version. So memory does not grow with
-// the values' total size, only with the number of keys (a sha256 each).
+// the values' total size, only with the number of keys (a sha256 each). The first holdMax
+// bytes of new values are kept in memory instead, so a small snapshot costs what one Apply
+// does and makes no spool.
 //
 // Guarantees, beyond Apply's:
 //   - Nothing of the stream is visible before Commit: the spool is a hidden directory that
@@ -33,9 +35,11 @@ import (
 type Stream struct {
 	w        *Writer
 	revision int64
-	name     string   // the spool directory, at the top of the target
+	name     string   // the spool directory, at the top of the target; "" until it starts
 	dir      *os.File // open on it
 	skipped  int
+	held     int // bytes of new values kept in memory, before the spool starts
+	holdMax  int // the most held before the spool starts (holdMax; tests lower it)
 	n        int // spool files so far
 
 	// The model before BeginFull, restored by Abort.
@@ -66,23 +70,7 @@ func (w *Writer) BeginFull(revision int64) (*Stream, error) {
 	if err := w.ensureTarget(revision, true); err != nil {
 		return nil, err
 	}
-	s := &Stream{w: w, revision: revision, keys: w.keys, below: w.below, dirty: w.dirty}
-	var err error
-	if w.opts.Layout == Atomic {
-		// Named like a directory object, so Open prunes it after a crash: nothing reaches it.
-		s.name, err = w.newVersionDir()
-	} else {
-		// A ..tmp name at the top, which Open removes after a crash.
-		s.name = randomName(tmpPrefix + "spool")
-		err = w.makeDir(s.name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("applying revision %d: creating the spool: %w", revision, noSpace(err, w.absDir))
-	}
-	if s.dir, err = w.root.Open(s.name); err != nil {
-		w.discard(s.name)
-		return nil, fmt.Errorf("applying revision %d: opening the spool: %w", revision, err)
-	}
+	s := &Stream{w: w, revision: revision, keys: w.keys, below: w.below, dirty: w.dirty, holdMax: holdMax}
 	// Like fold for a Full batch: every live path is compared at Commit, and the new model
 	// starts empty.
 	w.dirty = make(map[string]struct{}, len(s.dirty)+len(w.live))
@@ -95,14 +83,38 @@ func (w *Writer) BeginFull(revision int64) (*Stream, error) {
 	w.keys, w.below = make(map[string]*entry, len(w.live)), make(map[string]int)
 	w.obstructed = w.obstructed[:0]
 	w.stream = s
+	return s, nil
+}
 
-	workers := runtime.GOMAXPROCS(0)
+// holdMax is how many bytes of new values a Stream keeps in memory, as Apply would, before it
+// starts the spool: a small snapshot costs no more than one Apply.
+const holdMax = 256 << 10
+
+// startSpool creates the spool directory and its writers, one per core.
+func (s *Stream) startSpool() error {
+	w := s.w
+	var err error
+	if w.opts.Layout == Atomic {
+		// Named like a directory object, so Open prunes it after a crash: nothing reaches it.
+		s.name, err = w.newVersionDir()
+	} else {
+		// A ..tmp name at the top, which Open removes after a crash.
+		s.name = randomName(tmpPrefix + "spool")
+		err = w.makeDir(s.name)
+	}
+	if err != nil {
+		s.name = ""
+		return fmt.Errorf("creating the spool: %w", noSpace(err, w.absDir))
+	}
+	if s.dir, err = w.root.Open(s.name); err != nil {
+		return fmt.Errorf("opening the spool: %w", err)
+	}
 	s.jobs = make(chan spoolJob, 64)
-	for range workers {
+	for range runtime.GOMAXPROCS(0) {
 		s.wg.Add(1)
 		go s.spool()
 	}
-	return s, nil
+	return nil
 }
 
 // spool writes the queued values into the spool. After a failure it only drains the queue,
@@ -156,10 +168,22 @@ func (s *Stream) Add(changes []Change) error {
 			continue
 		}
 		sum := sha256.Sum256(c.Value)
-		w.put(p, sum, nil, false)
 		if old, ok := w.live[p]; ok && old == sum {
-			continue // the live file holds it
+			w.put(p, sum, nil, false) // the live file holds it
+			continue
 		}
+		if s.jobs == nil && s.held+len(c.Value) <= s.holdMax {
+			s.held += len(c.Value)
+			w.put(p, sum, c.Value, true)
+			continue
+		}
+		if s.jobs == nil {
+			if err := s.startSpool(); err != nil {
+				s.Abort()
+				return fmt.Errorf("applying revision %d: %w", s.revision, err)
+			}
+		}
+		w.put(p, sum, nil, false)
 		s.n++
 		name := strconv.Itoa(s.n)
 		w.keys[p].spool = name
@@ -175,9 +199,11 @@ func (s *Stream) Commit() (Result, error) {
 	if s.done {
 		return res, errors.New("writer: Commit after Commit or Abort")
 	}
-	close(s.jobs)
-	s.wg.Wait()
-	s.jobs = nil
+	if s.jobs != nil {
+		close(s.jobs)
+		s.wg.Wait()
+		s.jobs = nil
+	}
 	if err := s.failed(); err != nil {
 		s.Abort()
 		return res, fmt.Errorf("applying revision %d: spooling: %w", s.revision, err)
@@ -211,6 +237,9 @@ func (s *Stream) Commit() (Result, error) {
 	}
 	s.done = true
 	w.stream = nil
+	if s.name == "" {
+		return res, err
+	}
 	s.dir.Close()
 	if err == nil && w.opts.Layout == Atomic {
 		// The new version holds its own links to the spooled files; the spool goes with the
@@ -264,8 +293,12 @@ func (s *Stream) Abort() {
 	w.keys, w.below, w.dirty = s.keys, s.below, s.dirty
 	w.obstructed = w.obstructed[:0]
 	w.stream = nil
-	s.dir.Close()
-	w.discard(s.name)
+	if s.dir != nil {
+		s.dir.Close()
+	}
+	if s.name != "" {
+		w.discard(s.name)
+	}
 }
 
 // linkSpooled hard-links the spooled content of path p as name in the directory open as to,

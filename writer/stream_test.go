@@ -9,13 +9,20 @@ import (
 	"testing"
 )
 
-// applyStream applies b as a streamed full batch, page changes at a time.
+// applyStream applies b as a streamed full batch, page changes at a time, spooling every
+// value (none is held in memory).
 func applyStream(t testing.TB, w *Writer, b Batch, page int) (Result, error) {
+	t.Helper()
+	return applyStreamHolding(t, w, b, page, 0)
+}
+
+func applyStreamHolding(t testing.TB, w *Writer, b Batch, page, holdMax int) (Result, error) {
 	t.Helper()
 	s, err := w.BeginFull(b.Revision)
 	if err != nil {
 		return Result{}, err
 	}
+	s.holdMax = holdMax
 	for c := range slices.Chunk(b.Changes, page) {
 		if err := s.Add(c); err != nil {
 			return Result{}, err
@@ -91,6 +98,37 @@ func TestStreamIsOneApply(t *testing.T) {
 	}
 }
 
+// TestStreamSpoolsOnlyPastHoldMax: a small snapshot is held in memory and makes no spool; a
+// bigger one holds its first values and spools the rest, with the same result.
+func TestStreamSpoolsOnlyPastHoldMax(t *testing.T) {
+	want := tree{}
+	for i := range 40 {
+		want[fmt.Sprintf("d%d/k%02d", i%3, i)] = strings.Repeat(fmt.Sprint(i%10), 100)
+	}
+	for _, layout := range layouts {
+		for _, hold := range []int{1 << 20, 1000} {
+			t.Run(fmt.Sprintf("%s/hold %d", layout, hold), func(t *testing.T) {
+				w, dir := open(t, layout)
+				spooled := 0
+				w.step = func(step string) {
+					if step == "spooled" {
+						spooled++
+					}
+				}
+				if _, err := applyStreamHolding(t, w, full(1, want), 7, hold); err != nil {
+					t.Fatal(err)
+				}
+				if hold > 4000 && spooled != 0 || hold < 4000 && spooled != 40-10 {
+					t.Errorf("holding %d bytes, %d values spooled", hold, spooled)
+				}
+				assertTree(t, "streamed", visible(t, dir), want)
+				assertFiles(t, w, want)
+				assertNoSpool(t, w, dir)
+			})
+		}
+	}
+}
+
 // TestStreamFailureKeepsOldVersion breaks a streamed resync halfway (the spool disappears, as
 // a write error would stop it; or the caller aborts, as a failed etcd read does): the old
 // version stays live and whole, the writer's model is the old one (an ordinary batch applies
@@ -107,6 +145,7 @@ func TestStreamFailureKeepsOldVersion(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				s.holdMax = 0
 				if err := s.Add([]Change{put("a", "A2"), put("sub/b", "B2")}); err != nil {
 					t.Fatal(err)
 				}
