@@ -137,6 +137,20 @@ func (s *Stream) spool() {
 	}
 }
 
+// fail aborts the stream after a spool error. On a full disk it also removes the previous
+// version, kept only for readers still inside it, so that the next full batch has room: the
+// values already spooled are gone, so this one cannot be tried again at once, as Apply is.
+func (s *Stream) fail(err error) error {
+	s.Abort()
+	if w := s.w; isNoSpace(err) && len(w.retired) > 0 {
+		w.log.Warn("no space left on the target's file system; removing the previous version so the next full sync fits",
+			"directories", len(w.retired))
+		w.removeObjects(w.retired)
+		w.retired = nil
+	}
+	return fmt.Errorf("applying revision %d: spooling: %w", s.revision, err)
+}
+
 func (s *Stream) failed() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -151,8 +165,7 @@ func (s *Stream) Add(changes []Change) error {
 		return errors.New("writer: Add after Commit or Abort")
 	}
 	if err := s.failed(); err != nil {
-		s.Abort()
-		return fmt.Errorf("applying revision %d: spooling: %w", s.revision, err)
+		return s.fail(err)
 	}
 	w := s.w
 	for _, c := range changes {
@@ -179,8 +192,7 @@ func (s *Stream) Add(changes []Change) error {
 		}
 		if s.jobs == nil {
 			if err := s.startSpool(); err != nil {
-				s.Abort()
-				return fmt.Errorf("applying revision %d: %w", s.revision, err)
+				return s.fail(err)
 			}
 		}
 		w.put(p, sum, nil, false)
@@ -205,8 +217,7 @@ func (s *Stream) Commit() (Result, error) {
 		s.jobs = nil
 	}
 	if err := s.failed(); err != nil {
-		s.Abort()
-		return res, fmt.Errorf("applying revision %d: spooling: %w", s.revision, err)
+		return res, s.fail(err)
 	}
 	w := s.w
 	res.Skipped = s.skipped

@@ -1,11 +1,14 @@
 package writer
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -218,4 +221,41 @@ func TestStreamCheckRefusedKeepsModel(t *testing.T) {
 			assertTree(t, "after the next Apply", visible(t, dir), next)
 		})
 	}
+}
+
+// TestStreamDiskFullConvergesAtTheNextResync: a streamed resync that finds the disk full
+// (the previous version still takes room, kept for its readers) fails and keeps the live
+// version; it frees the previous version, so the next resync fits.
+func TestStreamDiskFullConvergesAtTheNextResync(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	dir := filepath.Join(mnt, "target")
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	value := func(c byte) string { return strings.Repeat(string(c), 200_000) }
+	mustApply(t, w, full(1, tree{"a": value('1'), "b": value('1')}))
+	mustApply(t, w, batch(2, put("a", value('2')), put("b", value('2'))))
+	next := tree{"a": value('3'), "b": value('3')}
+	_, err := applyStream(t, w, full(3, next), 1)
+	if err != nil {
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("the failed resync's error does not say no space left: %v", err)
+		}
+		assertTree(t, "after the failed resync", visible(t, dir), tree{"a": value('2'), "b": value('2')})
+		assertNoSpool(t, w, dir)
+		_, err = applyStream(t, w, full(4, next), 1)
+	}
+	if err != nil {
+		t.Fatalf("the resync after a full disk did not fit, although it would without the previous version: %v", err)
+	}
+	assertTree(t, "after the resync", visible(t, dir), next)
 }
