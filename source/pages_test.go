@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,5 +102,42 @@ func TestSnapshotStreamsPagesAndAFailedPageConverges(t *testing.T) {
 	}
 	if s.Applied() != gotRev {
 		t.Errorf("applied revision %d, want the resync's %d", s.Applied(), gotRev)
+	}
+}
+
+// TestSnapshotPagesShrinkWithBigValues: pages after the first hold about 512 KiB, not
+// PageSize keys, so big values do not make the pages in flight big.
+func TestSnapshotPagesShrinkWithBigValues(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	value := strings.Repeat("v", 16<<10)
+	for i := range 300 {
+		put(t, c, fmt.Sprintf("/app/k%03d", i), value)
+	}
+	s := New(Options{Client: c, Prefix: "/app"})
+	ctx := context.Background()
+	b, pg, err := s.snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, pages, biggest := len(b.Changes), 1, 0
+	for {
+		page, err := b.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if page == nil {
+			break
+		}
+		pages++
+		keys += len(page)
+		biggest = max(biggest, len(page))
+	}
+	if keys != 300 || pg.keys != 300 {
+		t.Fatalf("read %d keys (pager %d), want 300", keys, pg.keys)
+	}
+	if len(b.Changes) != firstPage || biggest > 32 || pages < 7 {
+		t.Errorf("%d pages, the first of %d keys, later ones up to %d keys of 16 KiB: want %d, then about 512 KiB a page",
+			pages, len(b.Changes), biggest, firstPage)
 	}
 }

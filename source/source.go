@@ -74,7 +74,8 @@ type Options struct {
 	// Prefix is the etcd key prefix. It is a directory boundary: "/app" and
 	// "/app/" both mirror the keys under "/app/", never "/app2".
 	Prefix string
-	// PageSize is the number of keys per Get page of a snapshot (default 500).
+	// PageSize is the most keys per Get page of a snapshot (default 500); with big values a
+	// page has fewer, about 512 KiB.
 	PageSize int64
 	// CheckInterval is how often a linearizable Get checks that etcd's
 	// revision did not go backwards (default 30s).
@@ -298,7 +299,7 @@ func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
 	if s.prefix == "" {
 		pg.end, pg.from = "\x00", "\x00"
 	}
-	resp, err := pg.get(ctx, pg.from)
+	resp, err := pg.get(ctx, pg.from, min(s.opts.PageSize, firstPage))
 	if err != nil {
 		return Batch{}, nil, err
 	}
@@ -310,6 +311,14 @@ func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
 	return b, pg, nil
 }
 
+// A snapshot's first page has at most firstPage keys; later pages are sized from the keys
+// seen so far to about pageBytes (at most PageSize keys), so that the pages in flight hold
+// about the same memory whatever the size of the values.
+const (
+	firstPage = 100
+	pageBytes = 512 << 10
+)
+
 // pager reads a snapshot one page ahead of its consumer, at one revision.
 type pager struct {
 	s         *Source
@@ -317,6 +326,7 @@ type pager struct {
 	from, end string
 	ahead     chan pageResult // the next page, being read; nil once the last was handed out
 	keys      int
+	bytes     int   // of the keys and values so far
 	err       error // the read that failed
 }
 
@@ -325,11 +335,11 @@ type pageResult struct {
 	err  error
 }
 
-// get reads one page from key from on.
-func (pg *pager) get(ctx context.Context, from string) (*clientv3.GetResponse, error) {
+// get reads one page of at most limit keys, from key from on.
+func (pg *pager) get(ctx context.Context, from string, limit int64) (*clientv3.GetResponse, error) {
 	opts := []clientv3.OpOption{
 		clientv3.WithRange(pg.end),
-		clientv3.WithLimit(pg.s.opts.PageSize),
+		clientv3.WithLimit(limit),
 		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
 	}
 	if pg.rev != 0 {
@@ -349,6 +359,7 @@ func (pg *pager) page(ctx context.Context, resp *clientv3.GetResponse) []Change 
 	changes := make([]Change, len(resp.Kvs))
 	for i, kv := range resp.Kvs {
 		changes[i] = Change{Key: string(kv.Key[len(pg.s.prefix):]), Value: kv.Value}
+		pg.bytes += len(kv.Key) + len(kv.Value)
 	}
 	pg.keys += len(changes)
 	if !resp.More || len(resp.Kvs) == 0 {
@@ -356,9 +367,10 @@ func (pg *pager) page(ctx context.Context, resp *clientv3.GetResponse) []Change 
 		return changes
 	}
 	from := string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	limit := min(pg.s.opts.PageSize, max(1, int64(pageBytes*pg.keys/max(pg.bytes, 1))))
 	ahead := make(chan pageResult, 1) // never blocks: an abandoned read just ends
 	go func() {
-		resp, err := pg.get(ctx, from)
+		resp, err := pg.get(ctx, from, limit)
 		ahead <- pageResult{resp, err}
 	}()
 	pg.ahead = ahead
