@@ -67,6 +67,7 @@ func (w *Writer) BeginFull(revision int64) (*Stream, error) {
 	if w.stream != nil {
 		return nil, errors.New("writer: BeginFull while a streamed full batch is open")
 	}
+	w.waitSweep()
 	if err := w.ensureTarget(revision, true); err != nil {
 		return nil, err
 	}
@@ -252,14 +253,20 @@ func (s *Stream) Commit() (Result, error) {
 		return res, err
 	}
 	s.dir.Close()
-	if err == nil && w.opts.Layout == Atomic {
-		// The new version holds its own links to the spooled files; the spool goes with the
-		// previous version, at the next Apply, so the start does not wait for it.
-		w.retired = append(w.retired, s.name)
-	} else {
+	if err != nil {
 		w.discard(s.name)
+		return res, err
 	}
-	return res, err
+	// The new version holds its own links to the spooled files (the Plain layout copied
+	// them). The spool goes in the background, so neither the start nor the next change waits
+	// for it; the next call into the writer waits for the end.
+	done := make(chan struct{})
+	w.sweeping = done
+	go func() {
+		defer close(done)
+		w.discard(s.name)
+	}()
+	return res, nil
 }
 
 // unspool reads the values that are still only in the spool into memory.
@@ -323,4 +330,12 @@ func (w *Writer) linkSpooled(p string, to int, name string) bool {
 		return false
 	}
 	return unix.Linkat(int(w.stream.dir.Fd()), e.spool, to, name, 0) == nil
+}
+
+// waitSweep waits for the removal of the last stream's spool, if it still runs.
+func (w *Writer) waitSweep() {
+	if w.sweeping != nil {
+		<-w.sweeping
+		w.sweeping = nil
+	}
 }

@@ -46,6 +46,7 @@ func mustStream(t testing.TB, w *Writer, b Batch, page int) Result {
 // assertNoSpool fails if a spool (or any other leftover but the previous version) is in dir.
 func assertNoSpool(t *testing.T, w *Writer, dir string) {
 	t.Helper()
+	w.waitSweep()
 	kept := map[string]bool{}
 	if w.opts.Layout == Atomic {
 		kept = reachable(t, dir)

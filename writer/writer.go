@@ -27,6 +27,8 @@
 //
 // Memory: the writer keeps a sha256 per key, not the values, except for the few values it
 // cannot read back from disk (keys shadowed by a directory, and changes not yet published).
+// A Full batch can also arrive in pages (BeginFull, stream.go): its values are then spooled to
+// disk as they arrive, so even a snapshot's values are never all in memory.
 package writer
 
 import (
@@ -152,8 +154,10 @@ type Writer struct {
 	journal       []byte          // records not yet appended to the manifest
 	records       int             // records in the manifest file, for its compaction
 
-	// stream is the streamed full batch being received, if any (stream.go).
-	stream *Stream
+	// stream is the streamed full batch being received, if any (stream.go), and sweeping is
+	// closed once the last one's spool is removed.
+	stream   *Stream
+	sweeping chan struct{}
 
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
 	// target directory there to see what a kill -9 at that moment would leave.
@@ -419,6 +423,7 @@ func (w *Writer) Apply(b Batch) (Result, error) {
 	if w.stream != nil {
 		return res, errors.New("writer: Apply while a streamed full batch is open")
 	}
+	w.waitSweep()
 	if err := w.ensureTarget(b.Revision, b.Full); err != nil {
 		return res, err
 	}
@@ -480,6 +485,7 @@ func (w *Writer) Close() error {
 	if w.stream != nil {
 		w.stream.Abort()
 	}
+	w.waitSweep()
 	w.closed = true
 	return w.release()
 }
