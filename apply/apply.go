@@ -149,14 +149,27 @@ func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
 }
 
 func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
+	if b.Next != nil && p.w == nil {
+		if err := b.Collect(ctx); err != nil {
+			return err // etcd's
+		}
+	}
 	if !p.first && b.Full && len(b.Changes) == 0 && p.cfg.Prefix != "" {
 		p.log.Warn("the prefix matches no key in etcd: nothing to mirror yet", "prefix", p.cfg.Prefix)
 	}
-	p.fold(b)
 	var res writer.Result
 	if p.w != nil {
 		var err error
-		if res, err = p.w.Apply(p.mirrored(b)); err != nil {
+		if b.Next != nil {
+			var etcdErr error
+			if res, etcdErr, err = p.stream(ctx, b); etcdErr != nil {
+				return etcdErr
+			}
+		} else {
+			p.fold(b)
+			res, err = p.w.Apply(p.mirrored(b))
+		}
+		if err != nil {
 			if p.checkFailed(err, b.Revision) {
 				if p.first {
 					return nil
@@ -165,6 +178,8 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 			}
 			return &Error{Stage: "write", Name: p.cfg.Target, Err: err}
 		}
+	} else {
+		p.fold(b)
 	}
 	rendered, failed, err := p.render(ctx)
 	if err != nil {
@@ -204,13 +219,51 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 
 // mirrored is the batch for the writer: only the keys --include and --exclude keep.
 func (p *Pipeline) mirrored(b source.Batch) writer.Batch {
-	wb := writer.Batch{Revision: b.Revision, Full: b.Full, Changes: make([]writer.Change, 0, len(b.Changes))}
-	for _, c := range b.Changes {
+	return writer.Batch{Revision: b.Revision, Full: b.Full, Changes: p.kept(b.Changes)}
+}
+
+// kept are the changes --include and --exclude keep, for the writer.
+func (p *Pipeline) kept(changes []source.Change) []writer.Change {
+	out := make([]writer.Change, 0, len(changes))
+	for _, c := range changes {
 		if Keep(c.Key, p.cfg.Include, p.cfg.Exclude) {
-			wb.Changes = append(wb.Changes, writer.Change(c))
+			out = append(out, writer.Change(c))
 		}
 	}
-	return wb
+	return out
+}
+
+// stream hands a Full batch that arrives in pages to the writer page by page, so its values
+// are never in memory together (the renderer, when there are templates, keeps its own copy
+// of every value anyway). A page etcd failed to deliver is etcdErr: nothing was applied.
+func (p *Pipeline) stream(ctx context.Context, b source.Batch) (res writer.Result, etcdErr, err error) {
+	st, err := p.w.BeginFull(b.Revision)
+	if err != nil {
+		return res, nil, err
+	}
+	var all []render.Change
+	for page := b.Changes; ; {
+		if err := st.Add(p.kept(page)); err != nil {
+			return res, nil, err
+		}
+		if p.r != nil {
+			for _, c := range page {
+				all = append(all, render.Change(c))
+			}
+		}
+		if page, etcdErr = b.Next(ctx); etcdErr != nil {
+			st.Abort()
+			return res, etcdErr, nil
+		}
+		if page == nil {
+			break
+		}
+	}
+	if p.r != nil {
+		p.r.Fold(all, true)
+	}
+	res, err = st.Commit()
+	return res, nil, err
 }
 
 // fold gives the batch to the renderer, which keeps the values the templates read.

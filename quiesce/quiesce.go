@@ -77,6 +77,9 @@ func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
 	if q.pending == nil {
 		q.first = now
 	}
+	if err := b.Collect(ctx); err != nil { // a resync's pages, to be held
+		return err
+	}
 	q.pending = Merge(q.pending, b)
 	var delay time.Duration
 	if q.min > 0 {

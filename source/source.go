@@ -60,7 +60,29 @@ type Batch struct {
 	Revision int64
 	Full     bool
 	Changes  []Change
-	revs     []keyRevs // per change, what the model records once the batch is applied
+	revs     []keyRevs // per change, what the model records once the batch is applied (not for a paged Full batch)
+	// Next, if set, reads the next page of a Full batch read from etcd page by page, so the
+	// values need not be in memory together: Changes hold the first page, each call returns
+	// the next, and nil, nil after the last. The ApplyFunc must read every page before it
+	// applies the batch (Collect reads them all into Changes); an error from Next is etcd's,
+	// and the batch must not be applied.
+	Next func(ctx context.Context) ([]Change, error)
+}
+
+// Collect reads the remaining pages of b into Changes, for an ApplyFunc that needs the whole
+// batch at once.
+func (b *Batch) Collect(ctx context.Context) error {
+	for b.Next != nil {
+		page, err := b.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if page == nil {
+			b.Next = nil
+		}
+		b.Changes = append(b.Changes, page...)
+	}
+	return nil
 }
 
 // keyRevs identifies one version of a key in one history: a wiped etcd that
@@ -116,7 +138,8 @@ type Options struct {
 	// Prefix is the etcd key prefix. It is a directory boundary: "/app" and
 	// "/app/" both mirror the keys under "/app/", never "/app2".
 	Prefix string
-	// PageSize is the number of keys per Get page of a snapshot (default 500).
+	// PageSize is the most keys per Get page of a snapshot (default 500); with big values a
+	// page has fewer, about 512 KiB.
 	PageSize int64
 	// CheckInterval is how often a linearizable keys-only listing of the prefix
 	// checks that etcd still holds the history that was applied (default 30s).
@@ -497,24 +520,33 @@ func (s *Source) appliedOK() {
 	}
 }
 
-// syncFull reads the whole prefix at one revision and applies it as a Full batch.
+// syncFull reads the whole prefix at one revision and applies it as a Full batch, page by
+// page: the batch's Next reads the next page while the apply function writes this one.
 func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	start := time.Now()
 	known := s.reconnects.Load()
-	b, err := s.Snapshot(ctx)
+	b, pg, err := s.snapshot(ctx)
 	if err != nil {
 		return err
 	}
 	s.reached()
-	if err := apply(ctx, b); err != nil {
+	err = apply(ctx, b)
+	if pg.err != nil {
+		return pg.err // etcd failed while the batch was applied: nothing was applied
+	}
+	if err != nil {
 		return applyError(b.Revision, err)
 	}
-	s.commit(b)
+	if pg.ahead != nil {
+		return applyError(b.Revision, errors.New("the apply function did not read every page of the snapshot"))
+	}
+	s.model = pg.model
+	s.setApplied(b.Revision)
 	s.known = known
 	s.synced = true
 	s.appliedOK()
 	s.obs.Watching(true, "")
-	s.log.Info("snapshot applied", "keys", len(b.Changes), "revision", b.Revision,
+	s.log.Info("snapshot applied", "keys", pg.keys, "revision", b.Revision,
 		"ms", time.Since(start).Milliseconds())
 	return nil
 }
@@ -522,19 +554,122 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 // Snapshot reads every key of the prefix at one revision: the first page
 // fixes the revision R, every later page is read at R.
 func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
-	b := Batch{Full: true}
-	first, err := s.list(ctx, 0, false, func(kv *mvccpb.KeyValue) {
-		b.Changes = append(b.Changes, Change{Key: string(kv.Key[len(s.prefix):]), Value: kv.Value})
-		b.revs = append(b.revs, keyRevs{kv.CreateRevision, kv.ModRevision})
-	})
-	if err != nil {
-		return Batch{}, withCause(ctx, s.client, fmt.Errorf("reading prefix %q: %w", s.prefix, err))
+	b, _, err := s.snapshot(ctx)
+	if err == nil {
+		err = b.Collect(ctx)
 	}
-	b.Revision = first.Revision
-	s.noteHeader(first.ClusterId, first.RaftTerm)
-	s.obs.EtcdRevision(first.Revision)
-	s.logConnected(ctx, first.MemberId)
+	if err != nil {
+		return Batch{}, err
+	}
 	return b, nil
+}
+
+// snapshot reads the first page of the prefix, which fixes the revision R, and returns it as
+// a Full batch whose Next reads the later pages at R.
+func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
+	pg := &pager{s: s, end: clientv3.GetPrefixRangeEnd(s.prefix), from: s.prefix, model: map[string]keyRevs{}}
+	if s.prefix == "" {
+		pg.end, pg.from = "\x00", "\x00"
+	}
+	resp, err := pg.get(ctx, pg.from, min(s.opts.PageSize, firstPage))
+	if err != nil {
+		return Batch{}, nil, err
+	}
+	pg.rev = resp.Header.Revision
+	s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
+	s.obs.EtcdRevision(resp.Header.Revision)
+	s.logConnected(ctx, resp.Header.MemberId)
+	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next}
+	return b, pg, nil
+}
+
+// A snapshot's first page has at most firstPage keys; later pages are sized from the keys
+// seen so far to about pageBytes (at most PageSize keys), so that the pages in flight hold
+// about the same memory whatever the size of the values.
+const (
+	firstPage = 100
+	pageBytes = 512 << 10
+)
+
+// pager reads a snapshot one page ahead of its consumer, at one revision.
+type pager struct {
+	s         *Source
+	rev       int64
+	from, end string
+	ahead     chan pageResult // the next page, being read; nil once the last was handed out
+	keys      int
+	model     map[string]keyRevs // of the keys read so far: the source's model once applied
+	bytes     int                // of the keys and values so far
+	err       error              // the read that failed
+}
+
+type pageResult struct {
+	resp *clientv3.GetResponse
+	err  error
+}
+
+// get reads one page of at most limit keys, from key from on.
+func (pg *pager) get(ctx context.Context, from string, limit int64) (*clientv3.GetResponse, error) {
+	opts := []clientv3.OpOption{
+		clientv3.WithRange(pg.end),
+		clientv3.WithLimit(limit),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
+	}
+	if pg.rev != 0 {
+		opts = append(opts, clientv3.WithRev(pg.rev))
+	}
+	rctx, cancel := context.WithTimeout(ctx, pg.s.opts.RequestTimeout)
+	defer cancel()
+	resp, err := pg.s.client.Get(rctx, from, opts...)
+	if err != nil {
+		return nil, withCause(ctx, pg.s.client, fmt.Errorf("reading prefix %q: %w", pg.s.prefix, err))
+	}
+	return resp, nil
+}
+
+// page turns a response into changes, and starts reading the next page if there is one.
+func (pg *pager) page(ctx context.Context, resp *clientv3.GetResponse) []Change {
+	changes := make([]Change, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		changes[i] = Change{Key: string(kv.Key[len(pg.s.prefix):]), Value: kv.Value}
+		pg.model[changes[i].Key] = keyRevs{kv.CreateRevision, kv.ModRevision}
+		pg.bytes += len(kv.Key) + len(kv.Value)
+	}
+	pg.keys += len(changes)
+	if !resp.More || len(resp.Kvs) == 0 {
+		pg.ahead = nil
+		return changes
+	}
+	from := string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	limit := min(pg.s.opts.PageSize, max(1, int64(pageBytes*pg.keys/max(pg.bytes, 1))))
+	ahead := make(chan pageResult, 1) // never blocks: an abandoned read just ends
+	go func() {
+		resp, err := pg.get(ctx, from, limit)
+		ahead <- pageResult{resp, err}
+	}()
+	pg.ahead = ahead
+	return changes
+}
+
+// next is Batch.Next: the page read ahead, or nil after the last one.
+func (pg *pager) next(ctx context.Context) ([]Change, error) {
+	if pg.err != nil {
+		return nil, pg.err
+	}
+	if pg.ahead == nil {
+		return nil, nil
+	}
+	var r pageResult
+	select {
+	case r = <-pg.ahead:
+	case <-ctx.Done():
+		r.err = ctx.Err()
+	}
+	if r.err != nil {
+		pg.err = r.err
+		return nil, r.err
+	}
+	return pg.page(ctx, r.resp), nil
 }
 
 // list reads every key of the prefix in pages at one revision: rev, or if 0 the

@@ -21,7 +21,10 @@ type mirror struct {
 	entered chan struct{} // closed when the first apply starts, if set
 }
 
-func (m *mirror) apply(_ context.Context, b Batch) error {
+func (m *mirror) apply(ctx context.Context, b Batch) error {
+	if err := b.Collect(ctx); err != nil {
+		return err
+	}
 	if m.block != nil {
 		close(m.entered)
 		<-m.block

@@ -500,6 +500,8 @@ func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 		if err := unix.Symlinkat("../"+child, to, name); err != nil {
 			return fmt.Errorf("linking %s in %s: %w", name, o.name, err)
 		}
+	case o.written[name] && w.linkSpooled(p, to, name):
+		// Written already while a streamed full batch arrived.
 	case o.written[name] || o.from == nil || unix.Linkat(int(o.from.Fd()), name, to, name, 0) != nil:
 		// New or changed content (or a hard link that failed: too many links...).
 		data, err := w.content(p)

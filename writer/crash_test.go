@@ -20,9 +20,12 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 			before     tree
 			after      tree
 			firstBatch bool
+			streamed   bool // the new tree comes as a streamed full batch, in pages
 		}{
-			{"first sync", nil, old, true},
-			{"update", old, next, false},
+			{"first sync", nil, old, true, false},
+			{"update", old, next, false, false},
+			{"streamed first sync", nil, old, true, true},
+			{"streamed update", old, next, false, true},
 		} {
 			t.Run(layout.String()+"/"+tc.name, func(t *testing.T) {
 				w, dir := open(t, layout)
@@ -36,7 +39,11 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 					copyTree(t, dir, snap)
 					steps = append(steps, snap)
 				}
-				mustApply(t, w, full(2, tc.after))
+				if tc.streamed {
+					mustStream(t, w, full(2, tc.after), 2)
+				} else {
+					mustApply(t, w, full(2, tc.after))
+				}
 				if len(steps) < 4 {
 					t.Fatalf("only %d steps seen", len(steps))
 				}

@@ -308,17 +308,19 @@ func (w *Writer) writePlain(p string, sum [32]byte, touched map[string]bool) err
 			return fmt.Errorf("writing %s: a directory is there: %w", p, errObstructed)
 		}
 	}
-	data, err := w.content(p)
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", p, err)
-	}
-	tmp := path.Join(path.Dir(p), randomName(tmpPrefix))
-	if err := w.createFile(tmp, data, !w.opts.NoSync); err != nil {
-		return err
-	}
-	if err := w.root.Rename(tmp, p); err != nil {
-		w.root.Remove(tmp)
-		return fmt.Errorf("renaming %s to %s: %w", tmp, p, err)
+	if !w.placeSpooled(p) {
+		data, err := w.content(p)
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", p, err)
+		}
+		tmp := path.Join(path.Dir(p), randomName(tmpPrefix))
+		if err := w.createFile(tmp, data, !w.opts.NoSync); err != nil {
+			return err
+		}
+		if err := w.root.Rename(tmp, p); err != nil {
+			w.root.Remove(tmp)
+			return fmt.Errorf("renaming %s to %s: %w", tmp, p, err)
+		}
 	}
 	if _, ok := w.live[p]; !ok {
 		w.note('f', p)
@@ -510,4 +512,31 @@ func (w *Writer) readManifest() (files, dirs []string, err error) {
 		rest = tail
 	}
 	return nil, nil, nil
+}
+
+// placeSpooled renames the spooled content of p (a streamed full batch wrote it already, with
+// Mode and owner) over p, synced first unless NoSync, and reports whether it did; otherwise
+// the caller writes the content itself.
+func (w *Writer) placeSpooled(p string) bool {
+	e := w.keys[p]
+	if w.stream == nil || e == nil || e.spool == "" {
+		return false
+	}
+	src := w.stream.name + "/" + e.spool
+	if !w.opts.NoSync {
+		f, err := w.root.Open(src)
+		if err != nil {
+			return false
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return false
+		}
+	}
+	if err := w.root.Rename(src, p); err != nil {
+		return false
+	}
+	e.spool = "" // the content is at p now, live
+	return true
 }

@@ -27,6 +27,8 @@
 //
 // Memory: the writer keeps a sha256 per key, not the values, except for the few values it
 // cannot read back from disk (keys shadowed by a directory, and changes not yet published).
+// A Full batch can also arrive in pages (BeginFull, stream.go): its values are then spooled to
+// disk as they arrive, so even a snapshot's values are never all in memory.
 package writer
 
 import (
@@ -152,6 +154,11 @@ type Writer struct {
 	journal       []byte          // records not yet appended to the manifest
 	records       int             // records in the manifest file, for its compaction
 
+	// stream is the streamed full batch being received, if any (stream.go), and sweeping is
+	// closed once the last one's spool is removed.
+	stream   *Stream
+	sweeping chan struct{}
+
 	// step, if set (tests only), is called at each step of Apply; the crash tests copy the
 	// target directory there to see what a kill -9 at that moment would leave.
 	step   func(name string)
@@ -165,6 +172,7 @@ type entry struct {
 	sum   [32]byte
 	value []byte
 	held  bool
+	spool string // during a streamed full batch: the file in the spool holding the content
 }
 
 // Open validates opts, creates Dir if missing, cleans what a crash left behind, and loads the
@@ -412,27 +420,29 @@ func (w *Writer) Apply(b Batch) (Result, error) {
 	if w.closed {
 		return res, errors.New("writer: Apply after Close")
 	}
-	if w.root == nil { // a reopen failed: try again
-		if err := w.open(); err != nil {
-			return res, fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", b.Revision, w.absDir, err)
-		}
-	} else if reopened, err := w.reopenIfGone(); err != nil {
-		return res, fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", b.Revision, w.absDir, err)
-	} else if reopened && !b.Full {
-		return res, fmt.Errorf("applying revision %d: the target %s was removed or replaced; it was recreated, "+
-			"and the next full sync fills it", b.Revision, w.absDir)
+	if w.stream != nil {
+		return res, errors.New("writer: Apply while a streamed full batch is open")
+	}
+	w.waitSweep()
+	if err := w.ensureTarget(b.Revision, b.Full); err != nil {
+		return res, err
 	}
 	w.obstructed = w.obstructed[:0]
 	res.Skipped = w.fold(b)
+	return res, w.finish(b.Revision, &res)
+}
+
+// finish is steps 2 to the end of Apply, once the batch is folded into the model.
+func (w *Writer) finish(revision int64, res *Result) error {
 	write, remove := w.changes()
 	var err error
 	if w.opts.Layout == Atomic {
-		err = w.applyAtomic(write, remove, &res)
+		err = w.applyAtomic(write, remove, res)
 	} else {
-		err = w.applyPlain(write, remove, &res)
+		err = w.applyPlain(write, remove, res)
 	}
 	if err != nil {
-		return res, fmt.Errorf("applying revision %d: %w", b.Revision, err)
+		return fmt.Errorf("applying revision %d: %w", revision, err)
 	}
 	w.forget()
 	clear(w.dirty)
@@ -441,12 +451,28 @@ func (w *Writer) Apply(b Batch) (Result, error) {
 	}
 	w.obstructed = w.obstructed[:0]
 	if res.Changed {
-		w.log.Info("batch applied", "revision", b.Revision, "written", res.Written,
+		w.log.Info("batch applied", "revision", revision, "written", res.Written,
 			"removed", res.Removed, "skipped", res.Skipped, "version", w.version)
 	} else {
-		w.log.Debug("batch changed nothing", "revision", b.Revision, "skipped", res.Skipped)
+		w.log.Debug("batch changed nothing", "revision", revision, "skipped", res.Skipped)
 	}
-	return res, nil
+	return nil
+}
+
+// ensureTarget is step 0: it opens the target again if it was removed or replaced. Only a
+// full batch can fill a recreated target.
+func (w *Writer) ensureTarget(revision int64, full bool) error {
+	if w.root == nil { // a reopen failed: try again
+		if err := w.open(); err != nil {
+			return fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", revision, w.absDir, err)
+		}
+	} else if reopened, err := w.reopenIfGone(); err != nil {
+		return fmt.Errorf("applying revision %d: the target %s was removed and cannot be recreated: %w", revision, w.absDir, err)
+	} else if reopened && !full {
+		return fmt.Errorf("applying revision %d: the target %s was removed or replaced; it was recreated, "+
+			"and the next full sync fills it", revision, w.absDir)
+	}
+	return nil
 }
 
 // Files returns the live tree: relative path -> sha256 of its content. The map is a copy.
@@ -456,6 +482,10 @@ func (w *Writer) Files() map[string][32]byte {
 
 // Close releases the target directory and its lock. The files stay.
 func (w *Writer) Close() error {
+	if w.stream != nil {
+		w.stream.Abort()
+	}
+	w.waitSweep()
 	w.closed = true
 	return w.release()
 }
@@ -526,7 +556,7 @@ func (w *Writer) putLive(p string, sum [32]byte) { w.put(p, sum, nil, false) }
 // put sets key p in the model; held says value is its content (otherwise it is live on disk).
 func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
 	if e, ok := w.keys[p]; ok {
-		e.sum, e.value, e.held = sum, value, held
+		e.sum, e.value, e.held, e.spool = sum, value, held, ""
 		return
 	}
 	w.keys[p] = &entry{sum: sum, value: value, held: held}
@@ -543,7 +573,7 @@ func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
 // will be removed, and it must be able to come back.
 func (w *Writer) shadow(d string) {
 	e, ok := w.keys[d]
-	if !ok || e.held {
+	if !ok || e.held || e.spool != "" {
 		return
 	}
 	data, err := w.readLive(d)
@@ -607,6 +637,8 @@ func (w *Writer) desiredTree() map[string][32]byte {
 func (w *Writer) content(p string) ([]byte, error) {
 	if e := w.keys[p]; e.held {
 		return e.value, nil
+	} else if e.spool != "" {
+		return w.readFile(w.stream.name + "/" + e.spool)
 	}
 	return w.readLive(p)
 }
@@ -615,11 +647,11 @@ func (w *Writer) content(p string) ([]byte, error) {
 func (w *Writer) forget() {
 	for p := range w.dirty {
 		e, ok := w.keys[p]
-		if !ok || !e.held || w.below[p] > 0 {
+		if !ok || !(e.held || e.spool != "") || w.below[p] > 0 {
 			continue
 		}
 		if sum, ok := w.live[p]; ok && sum == e.sum {
-			e.value, e.held = nil, false
+			e.value, e.held, e.spool = nil, false, ""
 		}
 	}
 }

@@ -1,0 +1,262 @@
+package writer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// applyStream applies b as a streamed full batch, page changes at a time, spooling every
+// value (none is held in memory).
+func applyStream(t testing.TB, w *Writer, b Batch, page int) (Result, error) {
+	t.Helper()
+	return applyStreamHolding(t, w, b, page, 0)
+}
+
+func applyStreamHolding(t testing.TB, w *Writer, b Batch, page, holdMax int) (Result, error) {
+	t.Helper()
+	s, err := w.BeginFull(b.Revision)
+	if err != nil {
+		return Result{}, err
+	}
+	s.holdMax = holdMax
+	for c := range slices.Chunk(b.Changes, page) {
+		if err := s.Add(c); err != nil {
+			return Result{}, err
+		}
+	}
+	return s.Commit()
+}
+
+func mustStream(t testing.TB, w *Writer, b Batch, page int) Result {
+	t.Helper()
+	res, err := applyStream(t, w, b, page)
+	if err != nil {
+		t.Fatalf("streamed full batch (rev %d): %v", b.Revision, err)
+	}
+	return res
+}
+
+// assertNoSpool fails if a spool (or any other leftover but the previous version) is in dir.
+func assertNoSpool(t *testing.T, w *Writer, dir string) {
+	t.Helper()
+	w.waitSweep()
+	kept := map[string]bool{}
+	if w.opts.Layout == Atomic {
+		kept = reachable(t, dir)
+	}
+	for _, obj := range w.retired {
+		kept[obj] = true
+	}
+	for _, n := range names(t, dir) {
+		if versionName.MatchString(n) && !kept[n] || strings.HasPrefix(n, tmpPrefix) {
+			t.Errorf("leftover %s", n)
+		}
+	}
+}
+
+// TestStreamIsOneApply checks that a full batch streamed in pages has the effect of one Apply
+// of it, for a first sync and for a resync that changes, removes, shadows and skips keys.
+func TestStreamIsOneApply(t *testing.T) {
+	first := tree{"a": "A1", "sub/b": "B1", "gone": "G", "dir/x": "X", "sub/deep/y": "Y", "keep/deep/k": "K", "e": ""}
+	next := tree{"a": "A2", "sub/b": "B1", "new/c": "C", "sub/n": "N", "dir": "a file now", "keep/deep/k": "K", "e": ""}
+	for _, layout := range layouts {
+		t.Run(layout.String(), func(t *testing.T) {
+			w, dir := open(t, layout)
+			ref, refDir := open(t, layout)
+			for i, want := range []tree{first, next} {
+				b := full(int64(i+1), want)
+				b.Changes = append(b.Changes, put("../evil", "x"), put("next/shadowed", "S"), put("next/shadowed/k", "K2"))
+				got := mustStream(t, w, b, 2)
+				exp := mustApply(t, ref, b)
+				if got != exp {
+					t.Errorf("batch %d: streamed Result %+v, Apply's %+v", i+1, got, exp)
+				}
+				assertTree(t, "streamed", visible(t, dir), visible(t, refDir))
+				assertFiles(t, w, visible(t, refDir))
+				assertNoSpool(t, w, dir)
+			}
+			// The shadowed key comes back from memory when the key below it goes.
+			mustApply(t, w, batch(3, del("next/shadowed/k")))
+			if got := readFile(t, filepath.Join(dir, "next/shadowed")); got != "S" {
+				t.Errorf("next/shadowed = %q, want S", got)
+			}
+			// The same full batch again changes nothing.
+			b := full(4, next)
+			b.Changes = append(b.Changes, put("next/shadowed", "S"))
+			if res := mustStream(t, w, b, 3); res.Changed {
+				t.Errorf("an unchanged streamed full batch changed something: %+v", res)
+			}
+			// The writer is free again for ordinary batches.
+			mustApply(t, w, batch(5, put("a", "A3")))
+			if got := readFile(t, filepath.Join(dir, "a")); got != "A3" {
+				t.Errorf("a = %q, want A3", got)
+			}
+		})
+	}
+}
+
+// TestStreamSpoolsOnlyPastHoldMax: a small snapshot is held in memory and makes no spool; a
+// bigger one holds its first values and spools the rest, with the same result.
+func TestStreamSpoolsOnlyPastHoldMax(t *testing.T) {
+	want := tree{}
+	for i := range 40 {
+		want[fmt.Sprintf("d%d/k%02d", i%3, i)] = strings.Repeat(fmt.Sprint(i%10), 100)
+	}
+	for _, layout := range layouts {
+		for _, hold := range []int{1 << 20, 1000} {
+			t.Run(fmt.Sprintf("%s/hold %d", layout, hold), func(t *testing.T) {
+				w, dir := open(t, layout)
+				spooled := 0
+				w.step = func(step string) {
+					if step == "spooled" {
+						spooled++
+					}
+				}
+				if _, err := applyStreamHolding(t, w, full(1, want), 7, hold); err != nil {
+					t.Fatal(err)
+				}
+				if hold > 4000 && spooled != 0 || hold < 4000 && spooled != 40-10 {
+					t.Errorf("holding %d bytes, %d values spooled", hold, spooled)
+				}
+				assertTree(t, "streamed", visible(t, dir), want)
+				assertFiles(t, w, want)
+				assertNoSpool(t, w, dir)
+			})
+		}
+	}
+}
+
+// TestStreamFailureKeepsOldVersion breaks a streamed resync halfway (the spool disappears, as
+// a write error would stop it; or the caller aborts, as a failed etcd read does): the old
+// version stays live and whole, the writer's model is the old one (an ordinary batch applies
+// on top of it), and the next full batch converges.
+func TestStreamFailureKeepsOldVersion(t *testing.T) {
+	old := tree{"a": "A1", "sub/b": "B1", "gone": "G"}
+	next := tree{"a": "A2", "sub/b": "B2", "new/c": "C"}
+	for _, layout := range layouts {
+		for _, how := range []string{"write error", "abort"} {
+			t.Run(layout.String()+"/"+how, func(t *testing.T) {
+				w, dir := open(t, layout)
+				mustApply(t, w, full(1, old))
+				s, err := w.BeginFull(2)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.holdMax = 0
+				if err := s.Add([]Change{put("a", "A2"), put("sub/b", "B2")}); err != nil {
+					t.Fatal(err)
+				}
+				if how == "abort" {
+					s.Abort()
+				} else {
+					// Let the first page reach the spool, then take the spool away.
+					s.jobs <- spoolJob{"sync", nil}
+					close(s.jobs)
+					s.wg.Wait()
+					s.jobs = nil
+					if err := os.RemoveAll(filepath.Join(dir, s.name)); err != nil {
+						t.Fatal(err)
+					}
+					s.jobs = make(chan spoolJob, 1)
+					s.wg.Add(1)
+					go s.spool()
+					s.Add([]Change{put("new/c", "C")})
+					if _, err := s.Commit(); err == nil {
+						t.Fatal("Commit succeeded without its spool")
+					} else {
+						t.Logf("Commit: %v", err)
+					}
+				}
+				assertTree(t, "after the failed stream", visible(t, dir), old)
+				assertFiles(t, w, old)
+				assertNoSpool(t, w, dir)
+				if _, err := w.Apply(batch(2, put("z", "Z"))); err != nil {
+					t.Fatal(err)
+				}
+				withZ := tree{"z": "Z"}
+				for k, v := range old {
+					withZ[k] = v
+				}
+				assertTree(t, "an ordinary batch after the failed stream", visible(t, dir), withZ)
+				mustStream(t, w, full(3, next), 2)
+				assertTree(t, "after the next full batch", visible(t, dir), next)
+				assertFiles(t, w, next)
+				assertNoSpool(t, w, dir)
+			})
+		}
+	}
+}
+
+// TestStreamCheckRefusedKeepsModel: a check that refuses the streamed version keeps the old
+// one live; the next Apply (an empty batch) publishes the new model, values read back from
+// the spool included.
+func TestStreamCheckRefusedKeepsModel(t *testing.T) {
+	for _, layout := range layouts {
+		t.Run(layout.String(), func(t *testing.T) {
+			refuse := true
+			dir := filepath.Join(t.TempDir(), "target")
+			w := openAt(t, Options{Dir: dir, Layout: layout, UID: -1, GID: -1, Check: func(string) error {
+				if refuse {
+					return fmt.Errorf("refused")
+				}
+				return nil
+			}})
+			refuse = false
+			mustApply(t, w, full(1, tree{"a": "A1"}))
+			refuse = true
+			next := tree{"a": "A2", "b/c": "C"}
+			if _, err := applyStream(t, w, full(2, next), 1); err == nil {
+				t.Fatal("a refused version was committed")
+			}
+			assertTree(t, "after the refusal", visible(t, dir), tree{"a": "A1"})
+			assertNoSpool(t, w, dir)
+			refuse = false
+			mustApply(t, w, batch(3))
+			assertTree(t, "after the next Apply", visible(t, dir), next)
+		})
+	}
+}
+
+// TestStreamDiskFullConvergesAtTheNextResync: a streamed resync that finds the disk full
+// (the previous version still takes room, kept for its readers) fails and keeps the live
+// version; it frees the previous version, so the next resync fits.
+func TestStreamDiskFullConvergesAtTheNextResync(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	dir := filepath.Join(mnt, "target")
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	value := func(c byte) string { return strings.Repeat(string(c), 200_000) }
+	mustApply(t, w, full(1, tree{"a": value('1'), "b": value('1')}))
+	mustApply(t, w, batch(2, put("a", value('2')), put("b", value('2'))))
+	next := tree{"a": value('3'), "b": value('3')}
+	_, err := applyStream(t, w, full(3, next), 1)
+	if err != nil {
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("the failed resync's error does not say no space left: %v", err)
+		}
+		assertTree(t, "after the failed resync", visible(t, dir), tree{"a": value('2'), "b": value('2')})
+		assertNoSpool(t, w, dir)
+		_, err = applyStream(t, w, full(4, next), 1)
+	}
+	if err != nil {
+		t.Fatalf("the resync after a full disk did not fit, although it would without the previous version: %v", err)
+	}
+	assertTree(t, "after the resync", visible(t, dir), next)
+}
