@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -305,12 +306,20 @@ func Config(dir string) (*embed.Config, error) {
 }
 
 func freeURL() (url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return url.URL{}, fmt.Errorf("finding a free port: %w", err)
+	// A port the kernel hands out for listening (port 0) comes from the ephemeral range, which
+	// every outgoing connection of every process also draws from: between this check and
+	// etcd's own listen, a client socket of a test running in parallel may take it. Ports
+	// below the ephemeral range (32768 on Linux) are only ever taken by listeners.
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port)}, nil
 	}
-	defer l.Close()
-	return url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", l.Addr().(*net.TCPAddr).Port)}, nil
+	return url.URL{}, errors.New("finding a free port: none free in 20000-32000")
 }
 
 // EnableAuth turns authentication on with a root user for the test's own
