@@ -137,6 +137,7 @@ func run(args []string) int {
 		d.FirstApplied(func() { timer.Stop() })
 	}
 	srcDone := make(chan error, 1)
+	d.DelayedFailures(src.Failed)
 	applyFn := d.Func()
 	defer d.Stop() // before the writer closes: deferred calls run last first
 	go func() { srcDone <- src.Run(runCtx, applyFn) }()

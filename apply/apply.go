@@ -65,18 +65,20 @@ type Options struct {
 // Pipeline applies batches. Apply is not safe for concurrent use; the source calls it from
 // one goroutine (and the quiesce buffer serialises its delayed applies).
 type Pipeline struct {
-	cfg     config.Config
-	log     *slog.Logger
-	child   Child
-	w       *writer.Writer
-	r       *render.Renderer // nil without templates
-	quiet   *quiesce.Buffer  // nil without --wait and --settle
-	m       Metrics
-	env     []string   // of the command and the check and reload commands
-	started chan error // receives once, when the first batch has been applied
-	first   bool       // the first batch was applied
-	owed    bool       // a change was not notified because a template failed
-	onFirst func()
+	cfg   config.Config
+	log   *slog.Logger
+	child Child
+	w     *writer.Writer
+	r     *render.Renderer // nil without templates
+	quiet *quiesce.Buffer  // nil without --wait and --settle
+	// delayedFailed is told when a held-back apply failed (nil: the next Apply reports it)
+	delayedFailed func(error)
+	m             Metrics
+	env           []string   // of the command and the check and reload commands
+	started       chan error // receives once, when the first batch has been applied
+	first         bool       // the first batch was applied
+	owed          bool       // a change was not notified because a template failed
+	onFirst       func()
 }
 
 // Error is a failure of one stage of the apply path: "write" (the mirror on disk),
@@ -119,6 +121,10 @@ func (p *Pipeline) Started() <-chan error { return p.started }
 // FirstApplied sets a function called once, when the first batch has been applied.
 func (p *Pipeline) FirstApplied(fn func()) { p.onFirst = fn }
 
+// DelayedFailures sends a failure of an apply that was held back (--wait, --settle), after
+// the source was told its batch was taken, to fn: the source's Failed, which resyncs.
+func (p *Pipeline) DelayedFailures(fn func(error)) { p.delayedFailed = fn }
+
 // Func is what the source calls: Apply, behind a quiesce buffer with --wait or --settle.
 func (p *Pipeline) Func() source.ApplyFunc {
 	if (p.cfg.Wait <= 0 && p.cfg.Settle <= 0) || p.cfg.Once {
@@ -126,6 +132,7 @@ func (p *Pipeline) Func() source.ApplyFunc {
 	}
 	p.quiet = quiesce.New(p.cfg.Wait, p.cfg.MaxWait, p.Apply)
 	p.quiet.Settle = p.cfg.Settle
+	p.quiet.Failed = p.delayedFailed
 	return p.quiet.Apply
 }
 

@@ -32,6 +32,10 @@ type Buffer struct {
 	// Settle is the least time from the end of one apply (the signal is sent within it)
 	// to the start of the next. 0: none. Set it before the first Apply.
 	Settle time.Duration
+	// Failed, if set, is told when a delayed apply failed (after Apply returned nil for its
+	// batch), so that the source resyncs at once: source.Source.Failed. Without it the error is
+	// returned by the next Apply. Set it before the first Apply.
+	Failed func(error)
 
 	mu      sync.Mutex // held while applying, so applies never overlap
 	seen    bool       // the first batch went through
@@ -125,6 +129,11 @@ func (q *Buffer) flush(ctx context.Context, gen int) {
 	err := q.applyNow(ctx, b)
 	if err == nil || ctx.Err() != nil {
 		q.err = nil
+		return
+	}
+	if q.Failed != nil {
+		// The source resyncs everything: what failed is then written whole.
+		q.Failed(err)
 		return
 	}
 	// The next Apply reports the error, so the source resyncs. A quiet prefix

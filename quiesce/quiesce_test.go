@@ -280,3 +280,36 @@ func TestADueBatchIsAppliedUnderAStreamOfChanges(t *testing.T) {
 		})
 	}
 }
+
+// With Failed set, a delayed apply that fails is handed to it at once (the source resyncs),
+// and is not hidden by a later apply that succeeds: a held batch that failed must never
+// count as applied.
+func TestAFailedDelayedApplyGoesToFailed(t *testing.T) {
+	applied := make(chan int64, 10)
+	q := New(0, 0, func(_ context.Context, b source.Batch) error {
+		if b.Revision == 3 {
+			return errors.New("target removed")
+		}
+		applied <- b.Revision
+		return nil
+	})
+	q.Settle = 20 * time.Millisecond
+	reported := make(chan error, 1)
+	q.Failed = func(err error) { reported <- err }
+	defer q.Stop()
+	ctx := context.Background()
+	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
+	q.Apply(ctx, source.Batch{Revision: 2}) // within the settle time: held
+	q.Apply(ctx, source.Batch{Revision: 3}) // merged with 2, fails when flushed
+	select {
+	case err := <-reported:
+		if err.Error() != "target removed" {
+			t.Fatalf("Failed got %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the failed delayed apply was not reported to Failed")
+	}
+	if err := q.Apply(ctx, source.Batch{Revision: 4}); err != nil {
+		t.Fatalf("the next Apply returned %v: the failure was already reported", err)
+	}
+}

@@ -212,6 +212,7 @@ type Source struct {
 	// counts them, and a count not yet known to a snapshot or check asks for one.
 	reconnects  atomic.Int64
 	reconnected chan struct{}
+	failed      chan error // delayed apply failures (Failed)
 	known       int64
 }
 
@@ -243,7 +244,17 @@ func New(opts Options) *Source {
 		obs = noObserver{}
 	}
 	return &Source{opts: opts, prefix: NormalizePrefix(opts.Prefix), log: opts.Logger, obs: obs, client: opts.Client,
-		reconnected: make(chan struct{}, 1)}
+		reconnected: make(chan struct{}, 1), failed: make(chan error, 1)}
+}
+
+// Failed reports that a batch the ApplyFunc took (returned nil for) could not be applied
+// later: an apply held back by a buffer in front of the target. The source then resyncs
+// fully, as after an ApplyFunc error. It does not block; it may be called from any goroutine.
+func (s *Source) Failed(err error) {
+	select {
+	case s.failed <- err:
+	default: // one is already pending: the resync covers both
+	}
 }
 
 // Dial creates a client from cfg, retrying with backoff while etcd cannot be
@@ -791,6 +802,9 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			if err := s.check(ctx); err != nil {
 				return err
 			}
+		case err := <-s.failed:
+			s.applyFailed(applyError(s.Applied(), err))
+			return errResync{"a held-back batch could not be applied"}
 		case <-s.reconnected:
 			// clientv3 resumed the watch by itself, maybe on a server that was wiped,
 			// restored or replaced meanwhile.
