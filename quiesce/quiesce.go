@@ -38,7 +38,7 @@ type Buffer struct {
 	Failed func(error)
 
 	mu      sync.Mutex // held while applying, so applies never overlap
-	seen    bool       // the first batch went through
+	seen    bool       // the first batch was applied
 	pending *source.Batch
 	first   time.Time // when the first pending change arrived
 	last    time.Time // when the last apply ended
@@ -66,8 +66,11 @@ func (q *Buffer) Apply(ctx context.Context, b source.Batch) error {
 		return errStopped
 	}
 	if !q.seen {
-		q.seen = true
-		return q.applyNow(ctx, b)
+		// Until the first batch went through, every try is applied at once and its error
+		// returned: the command waits for it, and the source retries it.
+		err := q.applyNow(ctx, b)
+		q.seen = err == nil
+		return err
 	}
 	if err := q.err; err != nil {
 		q.err, q.pending = nil, nil
@@ -110,7 +113,9 @@ var errStopped = errors.New("quiesce: Apply after Stop")
 // applyNow applies b and starts the settle time. q.mu is held.
 func (q *Buffer) applyNow(ctx context.Context, b source.Batch) error {
 	err := q.apply(ctx, b)
-	q.last = time.Now()
+	if err == nil { // a failed apply put nothing live: nothing to settle
+		q.last = time.Now()
+	}
 	return err
 }
 

@@ -107,7 +107,7 @@ func TestDelayedErrorIsRetriedWhenNothingElseComes(t *testing.T) {
 	tries := make(chan source.Batch, 10)
 	q := New(time.Millisecond, time.Millisecond, func(_ context.Context, b source.Batch) error {
 		tries <- b
-		if len(tries) <= 2 {
+		if b.Revision >= 2 && len(tries) <= 3 { // the first batch applies; the delayed one fails twice
 			return errors.New("disk full")
 		}
 		return nil
@@ -117,7 +117,7 @@ func TestDelayedErrorIsRetriedWhenNothingElseComes(t *testing.T) {
 	q.Apply(ctx, source.Batch{Revision: 1, Full: true})
 	q.Apply(ctx, source.Batch{Revision: 2, Changes: []source.Change{change("a", "1")}})
 	deadline := time.After(10 * time.Second)
-	for len(tries) < 3 {
+	for len(tries) < 4 {
 		select {
 		case <-deadline:
 			t.Fatalf("%d tries, want the failed apply tried again", len(tries))
@@ -311,5 +311,31 @@ func TestAFailedDelayedApplyGoesToFailed(t *testing.T) {
 	}
 	if err := q.Apply(ctx, source.Batch{Revision: 4}); err != nil {
 		t.Fatalf("the next Apply returned %v: the failure was already reported", err)
+	}
+}
+
+// A first batch that fails is not "seen": the retry (the source's resync) is applied at once
+// and its error returned, never held for the settle time and reported as taken, or the
+// command would never start.
+func TestAFailedFirstBatchIsRetriedAtOnce(t *testing.T) {
+	fail := true
+	q := New(0, 0, func(_ context.Context, b source.Batch) error {
+		if fail {
+			return errors.New("check refused")
+		}
+		return nil
+	})
+	q.Settle = time.Hour
+	defer q.Stop()
+	ctx := context.Background()
+	if err := q.Apply(ctx, source.Batch{Revision: 2, Full: true}); err == nil {
+		t.Fatal("the failed first apply returned nil")
+	}
+	if err := q.Apply(ctx, source.Batch{Revision: 2, Full: true}); err == nil {
+		t.Fatal("the retry of a failed first batch was held instead of applied")
+	}
+	fail = false
+	if err := q.Apply(ctx, source.Batch{Revision: 2, Full: true}); err != nil {
+		t.Fatal(err)
 	}
 }
