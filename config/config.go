@@ -79,7 +79,7 @@ func Parse(args []string, out io.Writer) (Config, error) {
 	fs.IntSliceVar(&c.RemapExit, "remap-exit", nil, "exit with 0 when the child's exit code is CODE, e.g. 143 for a JVM stopped by SIGTERM; repeatable (tini -e)")
 	fs.StringVar(&parentDeath, "parent-death-signal", "", "when not PID 1: the signal we get when our parent dies, e.g. SIGTERM, so the child does not outlive a killed supervisor (tini -p)")
 	fs.DurationVar(&c.StartTimeout, "start-timeout", 0, "give up when the first sync has not succeeded after this long (0: wait forever; with --once: 1m)")
-	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to check that etcd's revision did not go backwards (wiped or restored etcd)")
+	fs.DurationVar(&c.CheckInterval, "check-interval", 30*time.Second, "how often to list the prefix's keys (keys only) and compare them with what was applied, to catch a wiped or restored etcd")
 	fs.DurationVar(&c.Coalesce, "coalesce", 50*time.Millisecond, "during a burst, apply at most one batch (and send one signal) per DURATION, merging what arrives meanwhile; a change that finds the dispenser idle goes at once (0: never hold)")
 	fs.DurationVar(&c.Settle, "settle", time.Second, "keep each applied version live at least DURATION after its signal, so the command reads all its files from it; changes meanwhile are merged, a change after it is applied at once (0: off)")
 	fs.BoolVar(&c.PassSecrets, "pass-etcd-secrets", false, "pass ETCD_PASSWORD, ETCD_USERNAME_AND_PASSWORD and ETCD_CLIENT_KEY on to the child")

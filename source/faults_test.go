@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"fmt"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"strings"
 	"sync"
 	"testing"
@@ -184,5 +185,34 @@ func TestABurstIsMergedIntoFewBatchesOfWholeRevisions(t *testing.T) {
 				t.Fatalf("batch at %d splits a transaction on %s", b.Revision, k)
 			}
 		}
+	}
+}
+
+// A listing at a past revision reads every page at that revision, not the first at it and
+// the rest at etcd's current one (a read's header names the current revision): the check at
+// the applied revision must see the keys as they were, or a prefix of more than one page
+// that changed meanwhile looks wiped and is resynced for nothing.
+func TestAListingAtAPastRevisionReadsEveryPageThere(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	ctx := context.Background()
+	var rev int64
+	for i := 0; i < 30; i++ {
+		resp, err := c.Put(ctx, fmt.Sprintf("/p/k%02d", i), "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = resp.Header.Revision
+	}
+	if _, err := c.Delete(ctx, "/p/k1", clientv3.WithPrefix()); err != nil { // k10..k19
+		t.Fatal(err)
+	}
+	s := New(Options{Client: c, Prefix: "/p", PageSize: 5})
+	n := 0
+	if _, err := s.list(ctx, rev, true, func(*mvccpb.KeyValue) { n++ }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 30 {
+		t.Fatalf("listed %d keys at revision %d, want the 30 that were there", n, rev)
 	}
 }

@@ -715,7 +715,11 @@ func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*
 		}
 		if header == nil {
 			header = resp.Header
-			rev = resp.Header.Revision
+			if rev == 0 {
+				// The first page fixes the revision. (A read at a given revision answers
+				// with etcd's current one in its header: never take that for rev.)
+				rev = resp.Header.Revision
+			}
 		}
 		for _, kv := range resp.Kvs {
 			each(kv)
