@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -72,10 +73,12 @@ func startTerminal(t *testing.T, env ...string) *terminal {
 	}()
 	t.Cleanup(func() {
 		sid := cmd.Process.Pid
+		var sessionProcs strings.Builder
 		stats, _ := os.ReadDir("/proc")
 		for _, e := range stats {
 			if pid, err := strconv.Atoi(e.Name()); err == nil {
 				if s, _ := unix.Getsid(pid); s == sid {
+					fmt.Fprintln(&sessionProcs, procSummary(pid))
 					syscall.Kill(pid, syscall.SIGKILL)
 				}
 			}
@@ -84,6 +87,7 @@ func startTerminal(t *testing.T, env ...string) *terminal {
 		master.Close()
 		<-done
 		if t.Failed() {
+			t.Logf("processes of the session (pid pgrp state tpgid comm):\n%s", sessionProcs.String())
 			term.mu.Lock()
 			t.Logf("terminal:\n%s", term.screen.String())
 			term.mu.Unlock()
@@ -91,6 +95,18 @@ func startTerminal(t *testing.T, env ...string) *terminal {
 	})
 	term.expect("$ ")
 	return term
+}
+
+// procSummary is pid, process group, state, the terminal's foreground group and the command
+// of pid, from /proc/PID/stat: what a hung job-control test needs to show.
+func procSummary(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return strconv.Itoa(pid) + " " + err.Error()
+	}
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[end+1:])) // state ppid pgrp session tty_nr tpgid ...
+	return fmt.Sprintf("%d %s %s %s %s", pid, f[2], f[0], f[5], b[open+1:end])
 }
 
 func (term *terminal) typeIn(keys string) {
@@ -144,6 +160,10 @@ func TestTerminalStaticBinaryJobControl(t *testing.T) {
 	term.expect("Stopped")
 	term.expect("$ ")
 	term.typeIn("fg; echo exit=$?\r")
+	// fg prints the job's command line once readline has given the terminal its modes back.
+	// Typed earlier, "again\r" reaches the terminal while readline has it raw: not echoed and
+	// not turned into "again\n", so sed waits for the end of a line that never comes.
+	term.expect("-- sed s/^/got:/\r\n")
 	term.typeIn("again\r")
 	term.expect("got:again")
 	term.typeIn("\x03")

@@ -14,7 +14,8 @@ import (
 // to the child alone, once, instead of to the child and to us (which would forward a second
 // copy). When the child stops on ^Z, we stop too, so the shell sees its job stopped and
 // prints its prompt; when the shell continues us (fg), we give the child the terminal back and
-// continue it (dumb-init's rule).
+// continue it (dumb-init's rule); continued by bg, we continue the child and leave the terminal
+// to the shell.
 
 // ownsTerminal reports whether stdin is a terminal and our process group its foreground.
 func ownsTerminal() bool {
@@ -30,7 +31,7 @@ func terminalStop(sig syscall.Signal) bool {
 
 // followStop is called by the reaper when the child stopped on sig. Under job control (we are
 // not PID 1 and the child has the terminal) we stop ourselves until the shell continues us,
-// then hand the terminal back to the child and continue it.
+// then hand the terminal back to the child if the shell gave it to us, and continue it.
 func (s *Supervisor) followStop(pid int, sig syscall.Signal) {
 	s.log.Info("child stopped", "pid", pid, "signal", signalName(sig))
 	s.mu.Lock()
@@ -43,9 +44,13 @@ func (s *Supervisor) followStop(pid int, sig syscall.Signal) {
 		s.log.Warn("stopping ourselves failed", "error", err)
 		return
 	}
-	// Continued: the shell gave our group the terminal; pass it on to the child.
-	if err := unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, pid); err != nil {
-		s.log.Warn("giving the terminal back to the child failed", "error", err)
+	// Continued. By fg, the shell gave our group the terminal: pass it on to the child. By bg,
+	// the shell kept it: taking it (we ignore SIGTTOU, so the kernel would let us) would steal
+	// the shell's input; the child reading in the background stops again, and so do we.
+	if ownsTerminal() {
+		if err := unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, pid); err != nil {
+			s.log.Warn("giving the terminal back to the child failed", "error", err)
+		}
 	}
 	if err := s.Signal(syscall.SIGCONT); err != nil {
 		s.log.Warn("continuing the child failed", "error", err)

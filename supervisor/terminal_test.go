@@ -242,3 +242,44 @@ func TestTerminalCtrlZReturnsThePrompt(t *testing.T) {
 	sh.typeIn("\x03")
 	sh.expect("exit=130")
 }
+
+// bg after ^Z continues the dispenser in the background: the shell keeps the terminal. The
+// child, continued in the background too, stops again when it reads the terminal, and so does
+// the dispenser (a background job's SIGTTIN); fg then gives the child the terminal.
+func TestTerminalBgLeavesTheShellInForeground(t *testing.T) {
+	sh := startShell(t, envInit+"=1")
+	sh.typeIn(initCommand("/bin/sh", "-c", `'echo ch""ild ready $$; exec sed s/^/got:/'`))
+	child := sh.readyPid("child")
+	init := ppidOf(t, child)
+	shell := ppidOf(t, init)
+	sh.typeIn("\x1a")
+	sh.expect("Stopped")
+	sh.expect("$ ")
+	// The shell stays busy in a builtin that does not touch the terminal until the test
+	// writes to the fifo, so nothing but the dispenser can change the foreground meanwhile.
+	fifo := t.TempDir() + "/fifo"
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sh.typeIn("bg; read -r _ < " + fifo + "; echo shell $((6*7))\r")
+	sh.expect(`"signal":"SIGTTIN"`) // the child read the terminal in the background
+	eventually(t, "the child and the dispenser stopped", func() bool {
+		return procState(child) == "T" && procState(init) == "T"
+	})
+	if fg := foregroundOf(child); fg != shell {
+		t.Errorf("terminal foreground group %d after bg, want the shell's %d (child %d)", fg, shell, child)
+	}
+	if err := os.WriteFile(fifo, []byte("\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	sh.expect("shell 42")
+	sh.expect("$ ")
+	sh.typeIn("fg; echo exit=$?\r")
+	eventually(t, "the child continued with the terminal", func() bool {
+		return procState(child) != "T" && foregroundOf(child) == child
+	})
+	sh.typeIn("hello\r")
+	sh.expect("got:hello")
+	sh.typeIn("\x03")
+	sh.expect("exit=130")
+}
