@@ -367,11 +367,9 @@ func (s *Source) setApplied(rev int64) {
 	s.obs.Applied(rev)
 }
 
-// commit records in the model what an applied batch did.
+// commit records in the model what an applied watch batch did. (A snapshot's model is
+// built by its pager as the pages are read.)
 func (s *Source) commit(b Batch) {
-	if b.Full || s.model == nil {
-		s.model = make(map[string]keyRevs, len(b.Changes))
-	}
 	for i, c := range b.Changes {
 		if c.Delete {
 			delete(s.model, c.Key)
@@ -578,11 +576,9 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 // snapshot reads the first page of the prefix, which fixes the revision R, and returns it as
 // a Full batch whose Next reads the later pages at R.
 func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
-	pg := &pager{s: s, end: clientv3.GetPrefixRangeEnd(s.prefix), from: s.prefix, model: map[string]keyRevs{}}
-	if s.prefix == "" {
-		pg.end, pg.from = "\x00", "\x00"
-	}
-	resp, err := pg.get(ctx, pg.from, min(s.opts.PageSize, firstPage))
+	from, end := s.keyRange()
+	pg := &pager{s: s, end: end, model: map[string]keyRevs{}}
+	resp, err := pg.get(ctx, from, min(s.opts.PageSize, firstPage))
 	if err != nil {
 		return Batch{}, nil, err
 	}
@@ -604,14 +600,14 @@ const (
 
 // pager reads a snapshot one page ahead of its consumer, at one revision.
 type pager struct {
-	s         *Source
-	rev       int64
-	from, end string
-	ahead     chan pageResult // the next page, being read; nil once the last was handed out
-	keys      int
-	model     map[string]keyRevs // of the keys read so far: the source's model once applied
-	bytes     int                // of the keys and values so far
-	err       error              // the read that failed
+	s     *Source
+	rev   int64
+	end   string          // of the prefix's key range
+	ahead chan pageResult // the next page, being read; nil once the last was handed out
+	keys  int
+	model map[string]keyRevs // of the keys read so far: the source's model once applied
+	bytes int                // of the keys and values so far
+	err   error              // the read that failed
 }
 
 type pageResult struct {
@@ -621,17 +617,7 @@ type pageResult struct {
 
 // get reads one page of at most limit keys, from key from on.
 func (pg *pager) get(ctx context.Context, from string, limit int64) (*clientv3.GetResponse, error) {
-	opts := []clientv3.OpOption{
-		clientv3.WithRange(pg.end),
-		clientv3.WithLimit(limit),
-		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
-	}
-	if pg.rev != 0 {
-		opts = append(opts, clientv3.WithRev(pg.rev))
-	}
-	rctx, cancel := context.WithTimeout(ctx, pg.s.opts.RequestTimeout)
-	defer cancel()
-	resp, err := pg.s.client.Get(rctx, from, opts...)
+	resp, err := pg.s.readPage(ctx, from, pg.end, limit, pg.rev, false)
 	if err != nil {
 		return nil, withCause(ctx, pg.s.client, fmt.Errorf("reading prefix %q: %w", pg.s.prefix, err))
 	}
@@ -686,30 +672,10 @@ func (pg *pager) next(ctx context.Context) ([]Change, error) {
 // list reads every key of the prefix in pages at one revision: rev, or if 0 the
 // revision of the first (linearizable) page. It returns the first page's header.
 func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*mvccpb.KeyValue)) (*etcdserverpb.ResponseHeader, error) {
-	end := clientv3.GetPrefixRangeEnd(s.prefix)
-	if s.prefix == "" {
-		end = "\x00"
-	}
-	from := s.prefix
-	if from == "" {
-		from = "\x00"
-	}
+	from, end := s.keyRange()
 	var header *etcdserverpb.ResponseHeader
 	for {
-		opts := []clientv3.OpOption{
-			clientv3.WithRange(end),
-			clientv3.WithLimit(s.opts.PageSize),
-			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
-		}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-		resp, err := s.client.Get(rctx, from, opts...)
-		cancel()
+		resp, err := s.readPage(ctx, from, end, s.opts.PageSize, rev, keysOnly)
 		if err != nil {
 			return nil, err
 		}
@@ -729,6 +695,33 @@ func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// keyRange is the range of keys the prefix covers: [from, end).
+func (s *Source) keyRange() (from, end string) {
+	if s.prefix == "" {
+		return "\x00", "\x00" // the whole keyspace
+	}
+	return s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
+}
+
+// readPage reads at most limit keys of [from, end) in key order, at rev (0: the latest,
+// linearizably), bounded by the request timeout.
+func (s *Source) readPage(ctx context.Context, from, end string, limit, rev int64, keysOnly bool) (*clientv3.GetResponse, error) {
+	opts := []clientv3.OpOption{
+		clientv3.WithRange(end),
+		clientv3.WithLimit(limit),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
+	}
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	if keysOnly {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	return s.client.Get(rctx, from, opts...)
 }
 
 // logConnected says once per connection which etcd member answered, by its client URLs when
