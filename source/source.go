@@ -540,6 +540,9 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 	}
 	s.reached()
 	err = apply(ctx, b)
+	// Which member answered is read after the apply: the command's start waits for no
+	// request but the snapshot's.
+	s.logConnected(ctx, pg.member)
 	if pg.err != nil {
 		return pg.err // etcd failed while the batch was applied: nothing was applied
 	}
@@ -563,8 +566,9 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 // Snapshot reads every key of the prefix at one revision: the first page
 // fixes the revision R, every later page is read at R.
 func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
-	b, _, err := s.snapshot(ctx)
+	b, pg, err := s.snapshot(ctx)
 	if err == nil {
+		s.logConnected(ctx, pg.member)
 		err = b.Collect(ctx)
 	}
 	if err != nil {
@@ -585,7 +589,7 @@ func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
 	pg.rev = resp.Header.Revision
 	s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
 	s.obs.EtcdRevision(resp.Header.Revision)
-	s.logConnected(ctx, resp.Header.MemberId)
+	pg.member = resp.Header.MemberId
 	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next}
 	return b, pg, nil
 }
@@ -600,14 +604,15 @@ const (
 
 // pager reads a snapshot one page ahead of its consumer, at one revision.
 type pager struct {
-	s     *Source
-	rev   int64
-	end   string          // of the prefix's key range
-	ahead chan pageResult // the next page, being read; nil once the last was handed out
-	keys  int
-	model map[string]keyRevs // of the keys read so far: the source's model once applied
-	bytes int                // of the keys and values so far
-	err   error              // the read that failed
+	s      *Source
+	rev    int64
+	member uint64          // that answered the first page
+	end    string          // of the prefix's key range
+	ahead  chan pageResult // the next page, being read; nil once the last was handed out
+	keys   int
+	model  map[string]keyRevs // of the keys read so far: the source's model once applied
+	bytes  int                // of the keys and values so far
+	err    error              // the read that failed
 }
 
 type pageResult struct {
