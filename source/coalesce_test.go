@@ -3,18 +3,20 @@ package source
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Changes that arrive one by one while a batch is being applied are applied together
-// afterwards, not one batch each: a burst causes few signals. (With Coalesce 0 the merge is
-// best effort: it takes what clientv3 has handed over by then.)
+// afterwards, not one batch each: a burst causes few signals, even with Coalesce 0 (then the
+// merge takes what clientv3 has handed over by then).
 func TestBacklogIsMergedIntoFewBatches(t *testing.T) {
-	for _, coalesce := range []time.Duration{50 * time.Millisecond} {
+	for _, coalesce := range []time.Duration{0, 50 * time.Millisecond} {
 		t.Run(fmt.Sprint("coalesce=", coalesce), func(t *testing.T) {
 			e := etcdtest.Start(t)
 			c := e.Client()
@@ -48,4 +50,20 @@ func TestBacklogIsMergedIntoFewBatches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A lone response goes to the apply without letting other goroutines run first; in a backlog
+// the source yields once, so that clientv3's goroutine can hand over the next response.
+func TestLoneResponseIsNotHeldForGoroutinesToRun(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // a new goroutine runs only when we yield
+	wch := make(chan clientv3.WatchResponse, 1)
+	sent := make(chan struct{})
+	go func() { wch <- clientv3.WatchResponse{}; close(sent) }()
+	if _, _, got := receiveNow(wch, false); got {
+		t.Fatal("a lone response waited for another goroutine to run")
+	}
+	if _, _, got := receiveNow(wch, true); !got {
+		t.Fatal("in a backlog, the response another goroutine was about to send was not taken")
+	}
+	<-sent
 }

@@ -797,6 +797,9 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	var lastApply time.Time
 	burst := false
 	for {
+		// A response already waiting as we come back to wait is a backlog (clientv3's channel
+		// holds one): collect then lets clientv3 hand over the rest before it applies.
+		backlog := len(wch) > 0
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -825,7 +828,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			if burst {
 				hold = lastApply.Add(s.opts.Coalesce)
 			}
-			b, merged, err := s.collect(ctx, resp, wch, hold)
+			b, merged, err := s.collect(ctx, resp, wch, hold, backlog)
 			// Several responses at once mean changes came while the last batch was being
 			// applied: a burst, whose next changes are held for Coalesce and merged. A
 			// lone change is applied at once.
@@ -879,9 +882,10 @@ const maxMerge = 1024
 
 // collect turns the response, and any further responses already waiting, into one batch of
 // whole revisions. Until hold (if it is later than now) it also waits for more, so that a
-// burst becomes few batches. It returns how many responses it merged.
+// burst becomes few batches. backlog says that first was waiting already (see receiveNow).
+// It returns how many responses it merged.
 func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch clientv3.WatchChan,
-	hold time.Time) (b Batch, merged int, err error) {
+	hold time.Time, backlog bool) (b Batch, merged int, err error) {
 	b = Batch{Revision: s.Applied()}
 	var held <-chan time.Time
 	if d := time.Until(hold); d > 0 {
@@ -897,7 +901,7 @@ func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch 
 		if merged == maxMerge {
 			return b, merged, nil
 		}
-		next, ok, got := receiveNow(wch)
+		next, ok, got := receiveNow(wch, backlog || merged > 1)
 		if !got && held != nil {
 			select {
 			case next, ok = <-wch:
@@ -917,18 +921,22 @@ func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch 
 }
 
 // receiveNow receives a response if one is waiting. clientv3 hands over its buffered
-// responses one at a time from another goroutine, which needs to run between two of them:
-// yielding once lets it offer the next, so a backlog is merged instead of applied one by one.
-func receiveNow(wch clientv3.WatchChan) (resp clientv3.WatchResponse, ok, got bool) {
-	for try := 0; try < 2; try++ {
+// responses one at a time from another goroutine, which needs to run between two of them: in
+// a backlog, yielding once lets it offer the next, so a backlog is merged instead of applied
+// one by one. A lone change does not yield: it reaches the apply without waiting for other
+// goroutines to run.
+func receiveNow(wch clientv3.WatchChan, backlog bool) (resp clientv3.WatchResponse, ok, got bool) {
+	for try := 0; ; try++ {
 		select {
 		case resp, ok = <-wch:
 			return resp, ok, true
 		default:
 		}
+		if !backlog || try == 1 {
+			return resp, false, false
+		}
 		runtime.Gosched()
 	}
-	return resp, false, false
 }
 
 // absorb adds one watch response to the batch.
