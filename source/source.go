@@ -539,10 +539,10 @@ func (s *Source) syncFull(ctx context.Context, apply ApplyFunc) error {
 		return err
 	}
 	s.reached()
+	// Which member answered is read once the batch is applied and recorded: the command's
+	// start waits for no request but the snapshot's.
+	defer s.logConnected(ctx, pg.member)
 	err = apply(ctx, b)
-	// Which member answered is read after the apply: the command's start waits for no
-	// request but the snapshot's.
-	s.logConnected(ctx, pg.member)
 	if pg.err != nil {
 		return pg.err // etcd failed while the batch was applied: nothing was applied
 	}
