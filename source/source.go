@@ -856,11 +856,12 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	}
 }
 
-// follow counts each time conn becomes ready again after it was not, and
-// signals s.reconnected, until ctx ends.
+// follow counts each time conn becomes ready again after it was ready and lost,
+// and signals s.reconnected, until ctx ends. Becoming ready the first time is
+// not a reconnect: nothing was read before it (the snapshot reads after it).
 func (s *Source) follow(ctx context.Context, conn *grpc.ClientConn) {
 	st := conn.GetState()
-	lost := st != connectivity.Ready
+	lost := false
 	for conn.WaitForStateChange(ctx, st) {
 		// Leaving Ready is a lost connection, even when Ready is back by the time we look.
 		lost = lost || st == connectivity.Ready

@@ -71,3 +71,26 @@ func TestFirstApplyWaitsForNoRequestButTheSnapshot(t *testing.T) {
 		return nil
 	})
 }
+
+// The first connection is not a reconnect: once the snapshot is applied the source watches
+// without listing the prefix again (a check there would only compete with the command's start).
+func TestFirstConnectionAsksForNoCheck(t *testing.T) {
+	e := etcdtest.Start(t)
+	put(t, e.Client(), "/p/a", "1")
+	var seen calls
+	cfg := clientv3.Config{Endpoints: []string{e.Endpoint()}, DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(seen.record)}}
+	m := &mirror{}
+	s := New(Options{Config: cfg, Prefix: "/p/"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, m.apply) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{"a": "1"}) })
+	// A change applied through the watch: the watch loop runs, past any check at its start.
+	put(t, e.Client(), "/p/a", "2")
+	etcdtest.Eventually(t, 10*time.Second, func() error { return m.equals(map[string]string{"a": "2"}) })
+	if n := slices.Index(seen.list(), "/etcdserverpb.KV/Range"); n < 0 || slices.Contains(seen.list()[n+1:], "/etcdserverpb.KV/Range") {
+		t.Fatalf("requests %v, want one read of the prefix (the snapshot)", seen.list())
+	}
+}
