@@ -36,6 +36,12 @@ func releaseStartMemory() {
 	time.AfterFunc(binaryPagesDelay, func() { _ = releaseBinaryPages() })
 }
 
+// Package initialisation (protobuf and gRPC registries, Sprig's regular expressions, the flag
+// set) runs code and reads tables that the dispenser never needs again, and the kernel mapped
+// 64 KiB around each of those faults: let go of them before the first sync, whose peak RSS
+// they would add to (10000 keys of 1 KiB: 32.6 -> 30.3 MiB).
+func init() { _ = releaseBinaryPages() }
+
 // binaryPagesDelay leaves the start's last steps (the watch, the child's start) time to finish,
 // so that the pages they touch are let go too.
 const binaryPagesDelay = time.Second
