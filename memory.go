@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -30,6 +32,7 @@ func releaseStartMemory() {
 			heap += x.Value.Uint64()
 		}
 	}
+	endStartGC()
 	if heap > 8<<20 {
 		go debug.FreeOSMemory()
 	}
@@ -41,6 +44,70 @@ func releaseStartMemory() {
 // 64 KiB around each of those faults: let go of them before the first sync, whose peak RSS
 // they would add to (10000 keys of 1 KiB: 32.6 -> 30.3 MiB).
 func init() { _ = releaseBinaryPages() }
+
+// A large first sync runs with less garbage-collector headroom, so that its peak RSS grows less
+// with the keys: once a collection finds more than startLiveHeap live, GOGC is lowered to
+// startGCPercent until the start is over (10000 keys of 1 KiB: peak RSS 30.5 -> 25.7 MiB, the
+// start about 15% slower). A small start never collects (the first collection is at 4 MiB),
+// and collecting it more would cost it RSS: GOGC=30 throughout raises the idle RSS with one key
+// by 1 MiB. A GOGC set in the environment is left alone.
+const (
+	startLiveHeap  = 4 << 20
+	startGCPercent = 30
+)
+
+var startGC struct {
+	sync.Mutex
+	over    bool
+	lowered bool
+	prev    int // the GC percent to restore
+}
+
+// gcCycle is garbage whose finalizer runs once per collection; it has a pointer so that it is
+// not in a tiny-allocator block, whose finalizers may never run.
+type gcCycle struct{ _ *byte }
+
+func init() {
+	if os.Getenv("GOGC") == "" {
+		watchStartGC()
+	}
+}
+
+// watchStartGC calls afterGC after each collection until the start is over.
+func watchStartGC() {
+	startGC.Lock()
+	startGC.over, startGC.lowered = false, false
+	startGC.Unlock()
+	runtime.SetFinalizer(&gcCycle{}, afterGC)
+}
+
+// afterGC lowers GOGC for the rest of the start once the live heap is large, and otherwise
+// waits for the next collection.
+func afterGC(*gcCycle) {
+	startGC.Lock()
+	defer startGC.Unlock()
+	if startGC.over || startGC.lowered {
+		return
+	}
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() == metrics.KindUint64 && s[0].Value.Uint64() > startLiveHeap {
+		startGC.prev = debug.SetGCPercent(startGCPercent)
+		startGC.lowered = true
+		return
+	}
+	runtime.SetFinalizer(&gcCycle{}, afterGC)
+}
+
+// endStartGC restores GOGC after the start.
+func endStartGC() {
+	startGC.Lock()
+	defer startGC.Unlock()
+	startGC.over = true
+	if startGC.lowered {
+		debug.SetGCPercent(startGC.prev)
+	}
+}
 
 // binaryPagesDelay leaves the start's last steps (the watch, the child's start) time to finish,
 // so that the pages they touch are let go too.

@@ -3,13 +3,16 @@ package main
 import (
 	"bufio"
 	"os"
+	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
-// written at run time, so that it lives in a written (private, dirty) page of .data or .bss
-var survivor = []string{"before"}
+// written at run time, so that it lives in a written (private, dirty) page of .data
+var survivor = [2]string{"before"}
 
 // exeRSS sums the resident kB of this test binary's mappings by permission, from
 // /proc/self/smaps.
@@ -77,7 +80,7 @@ func touchExe(t *testing.T) {
 // The executable's code and read-only data are let go of, and come back as they are used;
 // what the program wrote is kept.
 func TestReleaseBinaryPagesLetsGoOfReadOnlyPagesOnly(t *testing.T) {
-	survivor = append(survivor, "written")
+	survivor[1] = "written"
 	touchExe(t) // init() let go of them already
 	before := exeRSS(t)
 	if err := releaseBinaryPages(); err != nil {
@@ -90,7 +93,43 @@ func TestReleaseBinaryPagesLetsGoOfReadOnlyPagesOnly(t *testing.T) {
 			t.Errorf("%s pages: %d kB resident before, %d kB after: not let go", perms, before[perms], after[perms])
 		}
 	}
-	if strings.Join(survivor, ",") != "before,written" {
+	if survivor != [2]string{"before", "written"} {
 		t.Fatalf("written data lost: %q", survivor)
 	}
+}
+
+func gcPercent() uint64 {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// A start whose live heap grows large collects with less headroom until it is over; then the
+// usual GOGC is back.
+func TestLargeStartCollectsWithLessHeadroom(t *testing.T) {
+	if os.Getenv("GOGC") != "" {
+		t.Skip("GOGC is set: the start leaves it alone")
+	}
+	endStartGC() // what the earlier tests' heap did to GOGC
+	watchStartGC()
+	defer endStartGC()
+	if got := gcPercent(); got != 100 {
+		t.Fatalf("GOGC %d before the heap grew, want 100", got)
+	}
+	live := make([]*[1 << 10]byte, 0, 8<<10) // 8 MiB in small objects, as keys and values are
+	for range cap(live) {
+		live = append(live, new([1 << 10]byte))
+	}
+	for deadline := time.Now().Add(10 * time.Second); gcPercent() != startGCPercent; {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOGC still %d with %d KiB live", gcPercent(), len(live))
+		}
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+	}
+	endStartGC()
+	if got := gcPercent(); got != 100 {
+		t.Fatalf("GOGC %d after the start, want 100 again", got)
+	}
+	runtime.KeepAlive(live)
 }
