@@ -268,9 +268,11 @@ func binaryPages(pid int, path string) string {
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		switch {
-		case len(f) >= 6 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+			// A mapping's header; an anonymous one (the heap, the .bss beyond the file) has
+			// no sixth field and must end the binary's run too.
 			perm = ""
-			if f[5] == path {
+			if len(f) >= 6 && f[5] == path {
 				perm = f[1][:3]
 			}
 		case perm != "" && len(f) >= 2 && f[0] == "Rss:":

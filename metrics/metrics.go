@@ -15,6 +15,10 @@
 // prefix raise etcd's revision without an event for us; the source's check (every
 // --check-interval) lists the prefix's keys and, finding them unchanged, moves the applied
 // revision to etcd's, which brings the lag back to 0.
+//
+// The exposition (Prometheus text format 0.0.4) is written here rather than with
+// client_golang: the metrics are a handful of counters and gauges, and the library, linked and
+// initialised even without --listen, cost the idle dispenser 0.7 MiB of RSS.
 package metrics
 
 import (
@@ -24,27 +28,30 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-const namespace = "etcd_config_dispenser"
+const namespace = "etcd_config_dispenser_"
+
+// applyStages are the stages of ApplyFailed, each shown from the start (at 0), sorted as
+// /metrics lists them.
+var applyStages = []string{"check", "files", "target", "template"}
 
 // Metrics holds the counters and the health state. Its methods are safe for concurrent use.
 // A nil *Metrics ignores every event.
 type Metrics struct {
-	reg *prometheus.Registry
+	version string
 
-	applied, etcdRevision, lastBatch prometheus.Gauge
-	batches, written, removed        prometheus.Counter
-	skipped, signals, resyncs        prometheus.Counter
-	etcdErrors                       prometheus.Counter
-	applyErrors                      *prometheus.CounterVec
+	applied, etcdRevision     atomic.Int64
+	lastBatchNanos            atomic.Int64 // Unix time of the last applied batch; 0: none yet
+	batches, written, removed atomic.Int64
+	skipped, signals, resyncs atomic.Int64
+	etcdErrors                atomic.Int64
+	applyErrors               [4]atomic.Int64 // by applyStages
 
 	mu         sync.Mutex
 	appliedRev int64
@@ -55,53 +62,10 @@ type Metrics struct {
 	applyFail  string // why the last batch could not be applied, until one is
 }
 
-// New registers the metrics on a private registry, with the Go runtime and process collectors.
+// New returns the metrics of a dispenser of this version; /metrics also shows the Go runtime's
+// and the process's.
 func New(version string) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry(), reason: "etcd not reached yet"}
-	gauge := func(name, help string) prometheus.Gauge {
-		g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
-		m.reg.MustRegister(g)
-		return g
-	}
-	counter := func(name, help string) prometheus.Counter {
-		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
-		m.reg.MustRegister(c)
-		return c
-	}
-	m.applied = gauge("applied_revision", "etcd revision up to which every change is in the target.")
-	m.etcdRevision = gauge("etcd_revision", "Latest etcd revision seen in a response header or progress notification.")
-	m.lastBatch = gauge("last_batch_timestamp_seconds", "Unix time of the last applied batch.")
-	m.batches = counter("batches_applied_total", "Batches applied to the target (including those that changed nothing).")
-	m.written = counter("files_written_total", "Files written (new or changed content).")
-	m.removed = counter("files_removed_total", "Files removed because their keys are gone.")
-	m.skipped = counter("keys_skipped_total", "Keys skipped because they do not map to a safe path.")
-	m.signals = counter("signals_sent_total", "Signals sent to the command after a change.")
-	m.resyncs = counter("resyncs_total", "Full resyncs after the initial sync (compaction, wiped etcd, failed batch).")
-	m.etcdErrors = counter("etcd_errors_total", "Failed etcd requests and watches (each is retried).")
-	m.applyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "apply_errors_total",
-		Help: "Batches the target could not take (each is retried), by stage: files, template, check, target."},
-		[]string{"stage"})
-	m.reg.MustRegister(m.applyErrors)
-	for _, stage := range []string{"files", "template", "check", "target"} {
-		m.applyErrors.WithLabelValues(stage) // shown at 0 from the start
-	}
-	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "watch_lag_revisions",
-			Help: "etcd's latest seen revision minus the applied revision."}, m.lag),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "ready",
-			Help: "1 when the initial sync is done and the watch is healthy."}, func() float64 {
-			if ok, _ := m.Ready(); ok {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "build_info",
-			Help: "Always 1; the version is a label.", ConstLabels: prometheus.Labels{"version": version}},
-			func() float64 { return 1 }),
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	return m
+	return &Metrics{version: version, reason: "etcd not reached yet"}
 }
 
 func (m *Metrics) lag() float64 {
@@ -120,7 +84,7 @@ func (m *Metrics) Applied(rev int64) {
 	m.latestRev = max(m.latestRev, rev)
 	m.applyFail = ""
 	m.mu.Unlock()
-	m.applied.Set(float64(rev))
+	m.applied.Store(rev)
 }
 
 // EtcdRevision records etcd's revision from a response header (source.Observer). A revision
@@ -132,7 +96,7 @@ func (m *Metrics) EtcdRevision(rev int64) {
 	m.mu.Lock()
 	m.latestRev = rev
 	m.mu.Unlock()
-	m.etcdRevision.Set(float64(rev))
+	m.etcdRevision.Store(rev)
 }
 
 // EtcdError counts a failed etcd request or watch (source.Observer).
@@ -140,7 +104,7 @@ func (m *Metrics) EtcdError(error) {
 	if m == nil {
 		return
 	}
-	m.etcdErrors.Inc()
+	m.etcdErrors.Add(1)
 }
 
 // ApplyFailed counts a batch the target could not take, by stage, and makes /readyz fail until a
@@ -150,7 +114,9 @@ func (m *Metrics) ApplyFailed(stage string, err error) {
 	if m == nil {
 		return
 	}
-	m.applyErrors.WithLabelValues(stage).Inc()
+	if i := slices.Index(applyStages, stage); i >= 0 {
+		m.applyErrors[i].Add(1)
+	}
 	reason := "applying to the target failed (" + stage + "); see the log"
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
@@ -176,7 +142,7 @@ func (m *Metrics) Resync(string) {
 	if m == nil {
 		return
 	}
-	m.resyncs.Inc()
+	m.resyncs.Add(1)
 }
 
 // BatchApplied counts one batch the writer applied and what it did to the files.
@@ -184,14 +150,14 @@ func (m *Metrics) BatchApplied(written, removed, skipped int) {
 	if m == nil {
 		return
 	}
-	m.batches.Inc()
+	m.batches.Add(1)
 	m.mu.Lock()
 	m.applyFail = ""
 	m.mu.Unlock()
-	m.written.Add(float64(written))
-	m.removed.Add(float64(removed))
-	m.skipped.Add(float64(skipped))
-	m.lastBatch.Set(float64(time.Now().UnixNano()) / 1e9)
+	m.written.Add(int64(written))
+	m.removed.Add(int64(removed))
+	m.skipped.Add(int64(skipped))
+	m.lastBatchNanos.Store(time.Now().UnixNano())
 }
 
 // Synced records that the initial sync is done.
@@ -209,7 +175,7 @@ func (m *Metrics) SignalSent() {
 	if m == nil {
 		return
 	}
-	m.signals.Inc()
+	m.signals.Add(1)
 }
 
 // Ready reports whether the initial sync is done and the watch is healthy, and if not, why.
@@ -234,7 +200,7 @@ func (m *Metrics) Ready() (bool, string) {
 // Handler serves /metrics, /healthz and /readyz.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /metrics", m.serveMetrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -445,7 +445,9 @@ func (w *Writer) finish(revision int64, res *Result) error {
 		return fmt.Errorf("applying revision %d: %w", revision, err)
 	}
 	w.forget()
-	clear(w.dirty)
+	// A new map, not a cleared one: a cleared map keeps its slots, and a full batch's (one per
+	// key) would stay for good, iterated by every later batch.
+	w.dirty = make(map[string]struct{}, len(w.obstructed))
 	for _, p := range w.obstructed {
 		w.dirty[p] = struct{}{}
 	}
