@@ -83,3 +83,31 @@ func BenchmarkFullSyncStreamed10000(b *testing.B) {
 		})
 	}
 }
+
+// flatBatch is n keys at the top level, as most users keep a prefix, with values of size bytes.
+func flatBatch(n, size int) Batch {
+	b := Batch{Revision: 1, Full: true}
+	value := bytes.Repeat([]byte("v"), size)
+	for i := range n {
+		b.Changes = append(b.Changes, Change{Key: fmt.Sprintf("k%05d", i), Value: value})
+	}
+	return b
+}
+
+func BenchmarkApplyOneKeyFlat(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			dir := filepath.Join(b.TempDir(), "target")
+			w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+			mustApply(b, w, flatBatch(n, 64))
+			i := 0
+			for b.Loop() {
+				i++
+				res := mustApply(b, w, batch(int64(i+1), Change{Key: "k00007", Value: fmt.Appendf(nil, "value %d", i)}))
+				if !res.Changed || res.Written != 1 {
+					b.Fatalf("Result = %+v", res)
+				}
+			}
+		})
+	}
+}
