@@ -19,8 +19,8 @@ func TestAtomicOneKeyChangeInAWideFlatTreeCostsLittle(t *testing.T) {
 		}
 	}
 	mustApply(t, w, batch(2, put("k00007", "changed")))
-	if entries > 200 {
-		t.Errorf("a one-key change among 10000 flat keys created %d entries, want at most 200", entries)
+	if entries > 100 {
+		t.Errorf("a one-key change among 10000 flat keys created %d entries, want at most 100", entries)
 	}
 	w.step = nil
 	mustApply(t, w, batch(3, put("k10000", "new"), del("k00008")))

@@ -185,7 +185,7 @@ func (w *Writer) readLive(p string) ([]byte, error) {
 		if w.version == "" {
 			return nil, fmt.Errorf("reading %s: no live version", p)
 		}
-		p = path.Join(w.version, p)
+		p = path.Join(w.version, w.treePath(p))
 	} else if err := w.realDirs(p); err != nil {
 		return nil, err
 	}

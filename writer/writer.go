@@ -146,6 +146,13 @@ type Writer struct {
 	rebuild  bool              // the live version holds junk or wrong directory modes
 	relink   bool              // check every top-level link at the next Apply
 	unlinked map[string]bool   // top-level names taken by an entry that is not ours
+	// The form of the top level (bucket.go): bucketed stores NAME under ..XX/..YY/NAME, and
+	// mixed says the live root also holds the other form (a switch was cut short). tops is
+	// the number of top-level names of the live tree.
+	bucketed, mixed        bool
+	tops                   int
+	bucketAbove, flatBelow int
+	pruning                chan struct{} // closed once the retired objects being removed are gone
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
@@ -205,6 +212,9 @@ func Open(opts Options) (*Writer, error) {
 		dirMode: dirMode(opts.Mode),
 		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
 		absDir:  abs,
+
+		bucketAbove: bucketAbove,
+		flatBelow:   flatBelow,
 	}
 	if err := w.open(); err != nil {
 		return nil, err
@@ -216,10 +226,12 @@ func Open(opts Options) (*Writer, error) {
 // open does the work of Open on a fresh state; Apply calls it again when the target was
 // removed or replaced.
 func (w *Writer) open() error {
+	w.waitPrune()
 	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
 	w.dirObj, w.retired = make(map[string]string), nil
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
+	w.bucketed, w.mixed, w.tops = false, false, 0
 	if err := w.openDir(); err != nil {
 		return err
 	}
@@ -486,6 +498,7 @@ func (w *Writer) Close() error {
 		w.stream.Abort()
 	}
 	w.waitSweep()
+	w.waitPrune()
 	w.closed = true
 	return w.release()
 }

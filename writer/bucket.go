@@ -1,0 +1,408 @@
+package writer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// A wide top level is bucketed. The root object of a version holds every top-level name, so
+// with thousands of keys at the top level (how most prefixes are used) a one-key change would
+// hard-link them all into a new root. Above bucketAbove top-level names, the tree stores name
+// NAME under ..XX/..YY/NAME instead, XX and YY two levels of 64 buckets chosen by a hash of
+// NAME, and the top-level link is NAME -> ..data/..XX/..YY/NAME. A change then makes new
+// objects for a root and a middle bucket of at most 64 entries each, and a leaf bucket of
+// about N/4096 names. Below flatBelow names the tree is flat again (..data/NAME); the gap
+// keeps a prefix near the threshold from switching back and forth. Bucket names start with
+// "..", which no key segment may, so they never collide with a key.
+//
+// Switching forms moves every top-level name, so it costs the width of the top level, once:
+// see switchForm.
+const (
+	bucketAbove  = 256
+	flatBelow    = 128
+	bucketLevels = 3 // of 16 buckets each
+	linkTmp      = "..link_tmp" // a top-level link being re-pointed, before its rename
+)
+
+// bucketDir is the tree directory holding top-level name NAME in the bucketed form:
+// bucketLevels bucket names, one per hex digit of a hash of NAME ("..3/..a/..f").
+func bucketDir(name string) string {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	const hex = "0123456789abcdef"
+	var b [bucketLevels * 4]byte
+	for i := range bucketLevels {
+		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = '.', '.', hex[h&15], '/'
+		h >>= 4
+	}
+	return string(b[:len(b)-1])
+}
+
+// isBucketName reports whether seg names a bucket ("..0" to "..f").
+func isBucketName(seg string) bool {
+	return len(seg) == 3 && seg[:2] == ".." && strings.IndexByte("0123456789abcdef", seg[2]) >= 0
+}
+
+// treePath is where the live form stores the file or directory of key path p.
+func (w *Writer) treePath(p string) string {
+	if !w.bucketed {
+		return p
+	}
+	return bucketDir(topName(p)) + "/" + p
+}
+
+// keyOf is the key path of tree path tp, in either form ("" for a bucket itself).
+func keyOf(tp string) string {
+	if !strings.HasPrefix(tp, "..") {
+		return tp
+	}
+	rest := tp
+	for range bucketLevels {
+		_, rest, _ = strings.Cut(rest, "/")
+	}
+	return rest
+}
+
+// isTopDir reports whether tree directory d holds top-level names in the live form.
+func (w *Writer) isTopDir(d string) bool {
+	if !w.bucketed {
+		return d == ""
+	}
+	return depth(d) == bucketLevels && strings.HasPrefix(d, "..")
+}
+
+// wantBucketed is the form for a top level of n names.
+func (w *Writer) wantBucketed(n int) bool {
+	switch {
+	case n > w.bucketAbove:
+		return true
+	case n < w.flatBelow:
+		return false
+	}
+	return w.bucketed
+}
+
+// isLiveTop reports whether name is a top-level name of the live tree.
+func (w *Writer) isLiveTop(name string) bool {
+	if _, ok := w.live[name]; ok {
+		return true
+	}
+	_, ok := w.dirObj[w.treePath(name)]
+	return ok
+}
+
+// isDesiredTop reports whether name is a top-level name of the desired tree.
+func (w *Writer) isDesiredTop(name string) bool {
+	return w.keys[name] != nil || w.below[name] > 0
+}
+
+// topsAfter is the number of top-level names once the paths write and remove are published.
+func (w *Writer) topsAfter(write, remove []string) int {
+	n := w.tops
+	seen := map[string]bool{}
+	for _, ps := range [][]string{write, remove} {
+		for _, p := range ps {
+			t := topName(p)
+			if seen[t] {
+				continue
+			}
+			seen[t] = true
+			if w.isLiveTop(t) {
+				n--
+			}
+			if w.isDesiredTop(t) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// liveTops lists the top-level names of the live tree.
+func (w *Writer) liveTops() map[string]bool {
+	tops := map[string]bool{}
+	for p := range w.live {
+		tops[topName(p)] = true
+	}
+	return tops
+}
+
+// desiredTops lists the top-level names of the desired tree (after Apply they are live).
+func (w *Writer) desiredTops() map[string]bool {
+	tops := map[string]bool{}
+	for p := range w.keys {
+		if w.below[p] == 0 {
+			tops[topName(p)] = true
+		}
+	}
+	return tops
+}
+
+// switchForm moves the live tree, unchanged, to the bucketed form or back, without a top-level
+// link ever dangling for a live name:
+//
+//  1. Stage the tree in the new form (next) and a root holding both forms (both): its
+//     entries are those of next's root and of the live root. Files are hard links and
+//     directories symlinks to the objects they already have, so both cost the width of the
+//     top level.
+//  2. Sync, and swap ..data to both: every link resolves, in either form.
+//  3. Re-point each top-level link to the new form, each by renaming a new symlink over it.
+//  4. Sync the target directory, and swap ..data to next.
+//
+// A crash leaves ..data at the old version with the old links (plus links for no live name),
+// at both with links of either form, or at next with every link re-pointed. Open loads a root
+// holding both forms as bucketed and mixed, and the next Apply re-points every link to the
+// form it stages before it swaps. Both stays as part of the previous version.
+func (w *Writer) switchForm(bucketed bool) (err error) {
+	tops := w.liveTops()
+	sw := &switching{w: w, from: map[string]*os.File{}}
+	defer sw.close()
+	defer func() {
+		if err != nil {
+			w.removeObjects(sw.made)
+		}
+	}()
+	names := slices.Sorted(func(yield func(string) bool) {
+		for n := range tops {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	newObj := map[string]string{} // tree directory in the new form -> its object
+	var next, both string
+	var oldBuckets map[string]string // the live root's bucket entries -> their objects
+	if bucketed {
+		leaves := map[string][]string{}
+		for _, n := range names {
+			leaves[bucketDir(n)] = append(leaves[bucketDir(n)], n)
+		}
+		// Each bucket, deepest first, links the buckets below it.
+		below := map[string]map[string]string{} // bucket -> its entries -> their objects
+		add := func(d, obj string) {
+			parent := parentDir(d)
+			if below[parent] == nil {
+				below[parent] = map[string]string{}
+			}
+			below[parent][path.Base(d)] = obj
+			newObj[d] = obj
+		}
+		for leaf, ns := range leaves {
+			obj, err := sw.object(func(to *os.File) error { return sw.putTops(to, ns) })
+			if err != nil {
+				return err
+			}
+			add(leaf, obj)
+		}
+		for level := bucketLevels - 1; level >= 1; level-- {
+			for d, entries := range below {
+				if depth(d) != level {
+					continue
+				}
+				obj, err := sw.object(func(to *os.File) error { return sw.putLinks(to, entries) })
+				if err != nil {
+					return err
+				}
+				add(d, obj)
+			}
+		}
+		rootLinks := below[""]
+		if next, err = sw.object(func(to *os.File) error { return sw.putLinks(to, rootLinks) }); err != nil {
+			return err
+		}
+		both, err = sw.object(func(to *os.File) error {
+			if err := sw.putLinks(to, rootLinks); err != nil {
+				return err
+			}
+			return sw.putTops(to, names)
+		})
+	} else {
+		oldBuckets = map[string]string{}
+		for d, obj := range w.dirObj {
+			if d != "" && !strings.Contains(d, "/") && isBucketName(d) {
+				oldBuckets[d] = obj
+			}
+		}
+		if next, err = sw.object(func(to *os.File) error { return sw.putTops(to, names) }); err != nil {
+			return err
+		}
+		both, err = sw.object(func(to *os.File) error {
+			if err := sw.putLinks(to, oldBuckets); err != nil {
+				return err
+			}
+			return sw.putTops(to, names)
+		})
+	}
+	if err != nil {
+		return err
+	}
+	w.marked("switch-staged")
+	if err := w.syncAll(); err != nil {
+		return err
+	}
+	if err := w.swap(both); err != nil {
+		return err
+	}
+	w.marked("switch-swapped")
+
+	// Both forms are live: from here on, a failure leaves a mixed root, which the next
+	// Apply cleans as it does after Open.
+	old := w.dirObj[""]
+	w.retired = append(w.retired, old)
+	w.version, w.dirObj[""] = both, both
+	sw.made = slices.DeleteFunc(sw.made, func(o string) bool { return o == both })
+	w.mixed = true
+	if err := w.syncDir("."); err != nil {
+		w.log.Error("the swap may not survive a crash", "error", err)
+	}
+	oldForm := w.bucketed
+	w.bucketed = bucketed
+	for _, n := range names {
+		w.link(n)
+		w.marked("switch-relinked")
+	}
+	if w.relink {
+		err = errors.New("some top-level links could not be re-pointed")
+	} else if err = w.syncDir("."); err == nil {
+		err = w.swap(next)
+	}
+	if err != nil {
+		// Both forms stay live: the next Apply re-points every link to the old form, then
+		// cleans the root, as after Open.
+		w.bucketed, w.relink = oldForm, true
+		w.removeObjects(sw.made)
+		sw.made = nil
+		return err
+	}
+	w.marked("switch-done")
+	if err := w.syncDir("."); err != nil {
+		w.log.Error("the swap may not survive a crash", "error", err)
+	}
+	// The live tree is next: map every directory to its path in the new form.
+	dirObj := make(map[string]string, len(w.dirObj)+len(newObj))
+	for d, obj := range w.dirObj {
+		k := keyOf(d)
+		if d == "" || k == "" {
+			if d != "" {
+				w.retired = append(w.retired, obj) // an old bucket
+			}
+			continue
+		}
+		if bucketed {
+			dirObj[bucketDir(topName(k))+"/"+k] = obj
+		} else {
+			dirObj[k] = obj
+		}
+	}
+	for d, obj := range newObj {
+		dirObj[d] = obj
+	}
+	dirObj[""] = next
+	w.retired = append(w.retired, both)
+	w.dirObj, w.version, w.mixed = dirObj, next, false
+	w.log.Info("top level switched form", "bucketed", bucketed, "names", len(names), "version", next)
+	return nil
+}
+
+// switching holds the objects switchForm made, and the live objects it links files from.
+type switching struct {
+	w    *Writer
+	made []string
+	from map[string]*os.File // live object -> open
+}
+
+func (sw *switching) close() {
+	for _, f := range sw.from {
+		f.Close()
+	}
+}
+
+// object makes a new object and fills it with fill.
+func (sw *switching) object(fill func(to *os.File) error) (string, error) {
+	name, err := sw.w.newVersionDir()
+	if err != nil {
+		return "", err
+	}
+	sw.made = append(sw.made, name)
+	to, err := sw.w.root.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer to.Close()
+	if err := fill(to); err != nil {
+		return "", fmt.Errorf("switching the top level's form: %w", err)
+	}
+	return name, nil
+}
+
+// putLinks creates a symlink name -> ../obj for each entry of links.
+func (sw *switching) putLinks(to *os.File, links map[string]string) error {
+	for name, obj := range links {
+		if err := unix.Symlinkat("../"+obj, int(to.Fd()), name); err != nil {
+			return fmt.Errorf("linking %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// putTops puts top-level names into to as the live tree holds them: a directory as a symlink
+// to its object, a file as a hard link to its live file (a copy if linking fails).
+func (sw *switching) putTops(to *os.File, names []string) error {
+	w := sw.w
+	for _, n := range names {
+		tp := w.treePath(n)
+		if obj, isDir := w.dirObj[tp]; isDir {
+			if err := unix.Symlinkat("../"+obj, int(to.Fd()), n); err != nil {
+				return fmt.Errorf("linking %s: %w", n, err)
+			}
+			continue
+		}
+		obj := w.dirObj[parentDir(tp)]
+		from, ok := sw.from[obj]
+		if !ok {
+			f, err := w.root.Open(obj)
+			if err != nil {
+				return err
+			}
+			sw.from[obj], from = f, f
+		}
+		if unix.Linkat(int(from.Fd()), n, int(to.Fd()), n, 0) == nil {
+			continue
+		}
+		data, err := w.readLive(n)
+		if err != nil {
+			return err
+		}
+		if err := w.createFileAt(to, to.Name(), n, data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inForm reports whether tree path tp is one the live form stores: a key path where the key
+// belongs, or a bucket.
+func (w *Writer) inForm(tp string) bool {
+	if !w.bucketed {
+		return checkKey(tp) == nil
+	}
+	segs := strings.SplitN(tp, "/", bucketLevels+1)
+	for i, seg := range segs {
+		if i == bucketLevels {
+			return checkKey(seg) == nil && bucketDir(topName(seg)) == strings.Join(segs[:i], "/")
+		}
+		if !isBucketName(seg) {
+			return false
+		}
+	}
+	return true
+}
