@@ -1,7 +1,11 @@
 package writer
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -27,5 +31,145 @@ func TestAtomicOneKeyChangeInAWideFlatTreeCostsLittle(t *testing.T) {
 	got := visible(t, w.absDir)
 	if len(got) != 10000 || got["k00007"] != "changed" || got["k10000"] != "new" || got["k00009"] != fmt.Sprint("vvvvvvvvvvvvvvvv") {
 		t.Errorf("after the changes: %d keys, k00007=%q k10000=%q", len(got), got["k00007"], got["k10000"])
+	}
+}
+
+// TestAtomicOpenOfAFlatWideTargetBucketsIt opens a wide target written flat (as versions
+// before bucketing did): the next batch switches it to buckets, every name stays reachable,
+// and later changes cost little.
+func TestAtomicOpenOfAFlatWideTargetBucketsIt(t *testing.T) {
+	w, dir := open(t, Atomic)
+	w.bucketAbove = 1 << 30 // the old writer: always flat
+	want := tree{"sub/x": "X"}
+	for i := range 300 {
+		want[fmt.Sprintf("k%03d", i)] = fmt.Sprint("v", i)
+	}
+	mustApply(t, w, full(1, want))
+	if w.bucketed {
+		t.Fatal("the old-style target is bucketed")
+	}
+	w.Close()
+
+	w = openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	if res := mustApply(t, w, full(2, want)); res.Written != 0 || res.Removed != 0 {
+		t.Errorf("Result = %+v, want nothing written", res)
+	}
+	if !w.bucketed {
+		t.Error("a top level of 301 names is still flat")
+	}
+	assertTree(t, "visible", visible(t, dir), want)
+	assertFiles(t, w, want)
+	if target, err := os.Readlink(filepath.Join(dir, "k007")); err != nil || target != "..data/"+bucketDir("k007")+"/k007" {
+		t.Errorf("k007 -> %q, %v; want a link into its bucket", target, err)
+	}
+	entries := 0
+	w.step = func(step string) {
+		if step == "staging" {
+			entries++
+		}
+	}
+	want["k007"] = "changed"
+	mustApply(t, w, batch(3, put("k007", "changed")))
+	if entries > 60 {
+		t.Errorf("a one-key change created %d entries, want at most 60", entries)
+	}
+	w.step = nil
+	assertTree(t, "visible after a change", visible(t, dir), want)
+	if res := mustApply(t, w, full(4, want)); res.Changed {
+		t.Errorf("a second Full batch changed something: %+v", res)
+	}
+}
+
+// TestAtomicReadersNeverMissANameWhileTheTopLevelSwitchesForms reads every name that exists
+// in all versions, through its top-level link, while the top level switches between flat and
+// bucketed at each batch: no read may fail, and no version may mix two batches.
+func TestAtomicReadersNeverMissANameWhileTheTopLevelSwitchesForms(t *testing.T) {
+	w, dir := open(t, Atomic)
+	w.opts.NoSync = true
+	w.bucketAbove, w.flatBelow = 8, 6
+	stable := []string{"s0", "s1", "s2", "s3", "sub/x"} // in every version, with the batch's number
+	batchOf := func(n int) Batch {
+		b := Batch{Revision: int64(n), Full: true}
+		for _, k := range stable {
+			b.Changes = append(b.Changes, put(k, fmt.Sprint(n)))
+		}
+		if n%2 == 0 { // wide: bucketed
+			for i := range 8 {
+				b.Changes = append(b.Changes, put(fmt.Sprintf("e%d", i), "E"))
+			}
+		}
+		return b
+	}
+	mustApply(t, w, batchOf(1))
+
+	stop := make(chan struct{})
+	errs := make(chan error, 100)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() { // reads each name through its top-level link
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, k := range stable {
+					if _, err := os.ReadFile(filepath.Join(dir, k)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // resolves ..data once and reads a whole version
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			version, err := os.Readlink(filepath.Join(dir, "..data"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			seen := map[string]bool{}
+			for _, k := range stable {
+				data, err := os.ReadFile(filepath.Join(dir, version, k))
+				if errors.Is(err, os.ErrNotExist) {
+					data, err = os.ReadFile(filepath.Join(dir, version, bucketDir(topName(k)), k))
+				}
+				if err != nil {
+					break // the version was retired meanwhile: a reader this slow must resolve again
+				}
+				seen[string(data)] = true
+			}
+			if len(seen) > 1 {
+				errs <- fmt.Errorf("version %s mixes batches: %v", version, seen)
+				return
+			}
+		}
+	}()
+	switches := 0
+	for n := 2; n < 60; n++ {
+		before := w.bucketed
+		mustApply(t, w, batchOf(n))
+		if w.bucketed != before {
+			switches++
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if switches < 50 {
+		t.Errorf("the top level switched forms %d times, want 58", switches)
 	}
 }

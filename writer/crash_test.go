@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -14,6 +15,12 @@ import (
 func TestCrashAtEveryStepConverges(t *testing.T) {
 	old := tree{"a": "A1", "sub/b": "B1", "gone": "G", "dir/x": "X", "sub/deep/y": "Y", "keep/deep/k": "K"}
 	next := tree{"a": "A2", "sub/b": "B1", "new/c": "C", "sub/n": "N", "dir": "a file now", "keep/deep/k": "K"}
+	// With the writer's thresholds lowered to 8 and 6 top-level names, wide has a bucketed
+	// top level, and old and next flat ones: going from one to the other switches forms.
+	wide := tree{"a": "A3", "sub/b": "B1", "keep/deep/k": "K", "dir/x": "X2"}
+	for i := range 10 {
+		wide[fmt.Sprintf("f%d", i)] = fmt.Sprint("F", i)
+	}
 	for _, layout := range layouts {
 		for _, tc := range []struct {
 			name       string
@@ -21,14 +28,24 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 			after      tree
 			firstBatch bool
 			streamed   bool // the new tree comes as a streamed full batch, in pages
+			small      bool // thresholds of 8 and 6 top-level names for the bucketed form
 		}{
-			{"first sync", nil, old, true, false},
-			{"update", old, next, false, false},
-			{"streamed first sync", nil, old, true, true},
-			{"streamed update", old, next, false, true},
+			{"first sync", nil, old, true, false, false},
+			{"update", old, next, false, false, false},
+			{"streamed first sync", nil, old, true, true, false},
+			{"streamed update", old, next, false, true, false},
+			{"bucketed first sync", nil, wide, true, false, true},
+			{"switch to bucketed", old, wide, false, false, true},
+			{"switch to flat", wide, next, false, false, true},
+			{"streamed switch to bucketed", old, wide, false, true, true},
 		} {
 			t.Run(layout.String()+"/"+tc.name, func(t *testing.T) {
 				w, dir := open(t, layout)
+				above, below := bucketAbove, flatBelow
+				if tc.small {
+					above, below = 8, 6
+				}
+				w.bucketAbove, w.flatBelow = above, below
 				if !tc.firstBatch {
 					mustApply(t, w, full(1, tc.before))
 				}
@@ -47,10 +64,19 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 				if len(steps) < 4 {
 					t.Fatalf("only %d steps seen", len(steps))
 				}
+				if layout == Atomic {
+					switched := slices.ContainsFunc(steps, func(s string) bool { return strings.HasSuffix(s, "-switch-relinked") })
+					if wantSwitch := tc.small && !tc.firstBatch; switched != wantSwitch {
+						t.Errorf("switched forms: %v, want %v", switched, wantSwitch)
+					}
+					if wantBucketed := tc.small && len(tc.after) > 8; w.bucketed != wantBucketed {
+						t.Errorf("bucketed: %v, want %v", w.bucketed, wantBucketed)
+					}
+				}
 				for _, snap := range steps {
 					t.Run(filepath.Base(snap), func(t *testing.T) {
 						checkCrashState(t, layout, snap, tc.before, tc.after)
-						checkRecovery(t, layout, snap, tc.after)
+						checkRecovery(t, layout, snap, tc.after, above, below)
 					})
 				}
 			})
@@ -89,8 +115,9 @@ func checkCrashState(t *testing.T, layout Layout, dir string, before, after tree
 }
 
 // checkRecovery opens the crashed target and applies the Full batch a restart would.
-func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
+func checkRecovery(t *testing.T, layout Layout, dir string, want tree, above, below int) {
 	w := openAt(t, Options{Dir: dir, Layout: layout, UID: -1, GID: -1})
+	w.bucketAbove, w.flatBelow = above, below
 	mustApply(t, w, full(3, want))
 	assertTree(t, "after recovery", visible(t, dir), want)
 	assertFiles(t, w, want)
