@@ -38,10 +38,12 @@ var versionName = regexp.MustCompile(`^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.
 // every other directory is shared with the previous version by its symlink, and unchanged
 // files in a new object are hard links. So a change costs the width of the directories on its
 // paths, not the size of the tree. Objects are never modified once ..data can reach them.
+// A wide top level is bucketed (bucket.go), so that its width does not count either: the
+// tree paths below are then ..X/..Y/..Z/NAME/..., while w.live and the caller see key paths.
 //
 // Nested symlinks bound the depth: Linux follows at most 40 symlinks in one path lookup, and
 // a path through the top-level link, ..data and one symlink per level must stay below that
-// (maxDepth).
+// (maxDepth); the three bucket levels fit in the margin (3 + 32 + 2 < 40).
 
 // openAtomic cleans what a crash can leave (..data_tmp, objects ..data does not reach) and
 // loads the live version. Top-level links are checked at the next Apply.
@@ -204,7 +206,7 @@ func (w *Writer) pruneObjects() error {
 	return nil
 }
 
-// applyAtomic is steps 4 to 10 of Apply for the Atomic layout.
+// applyAtomic is steps 4 to 11 of Apply for the Atomic layout.
 func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	w.waitPrune()
 	res.Written, res.Removed = len(write), len(remove)
@@ -266,8 +268,8 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	// caller must learn that the files changed.
 	res.Changed = res.Changed || len(write) > 0 || len(remove) > 0 || w.rebuild
 	stale := w.rebuild || len(w.fix) > 0
-	retired := w.publish(st, write, remove)
-	w.tops, w.mixed = tops, false
+	retired := append(w.publish(st, write, remove), w.otherHalf...)
+	w.tops, w.mixed, w.otherHalf = tops, false, nil
 	if err := w.syncDir("."); err != nil {
 		w.log.Error("the swap may not survive a crash", "error", err)
 	}

@@ -1,8 +1,8 @@
 package writer
 
 import (
-	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -14,19 +14,20 @@ import (
 // A wide top level is bucketed. The root object of a version holds every top-level name, so
 // with thousands of keys at the top level (how most prefixes are used) a one-key change would
 // hard-link them all into a new root. Above bucketAbove top-level names, the tree stores name
-// NAME under ..XX/..YY/NAME instead, XX and YY two levels of 64 buckets chosen by a hash of
-// NAME, and the top-level link is NAME -> ..data/..XX/..YY/NAME. A change then makes new
-// objects for a root and a middle bucket of at most 64 entries each, and a leaf bucket of
-// about N/4096 names. Below flatBelow names the tree is flat again (..data/NAME); the gap
-// keeps a prefix near the threshold from switching back and forth. Bucket names start with
-// "..", which no key segment may, so they never collide with a key.
+// NAME under ..X/..Y/..Z/NAME instead, X, Y and Z three hex digits of a hash of NAME (16
+// buckets per level), and the top-level link is NAME -> ..data/..X/..Y/..Z/NAME. A change
+// then makes new objects for a root and two buckets of at most 16 entries each, and a last
+// bucket of about N/4096 names: 50 entries for 10000 names, where two levels of 64 made 131
+// (each entry costs a few µs). Below flatBelow names the tree is flat again (..data/NAME);
+// the gap keeps a prefix near the threshold from switching back and forth. Bucket names start
+// with "..", which no key segment may, so they never collide with a key.
 //
 // Switching forms moves every top-level name, so it costs the width of the top level, once:
 // see switchForm.
 const (
 	bucketAbove  = 256
 	flatBelow    = 128
-	bucketLevels = 3 // of 16 buckets each
+	bucketLevels = 3            // of 16 buckets each
 	linkTmp      = "..link_tmp" // a top-level link being re-pointed, before its rename
 )
 
@@ -53,12 +54,7 @@ func isBucketName(seg string) bool {
 }
 
 // treePath is where the live form stores the file or directory of key path p.
-func (w *Writer) treePath(p string) string {
-	if !w.bucketed {
-		return p
-	}
-	return bucketDir(topName(p)) + "/" + p
-}
+func (w *Writer) treePath(p string) string { return w.formPath(w.bucketed, p) }
 
 // keyOf is the key path of tree path tp, in either form ("" for a bucket itself).
 func keyOf(tp string) string {
@@ -150,20 +146,21 @@ func (w *Writer) desiredTops() map[string]bool {
 // switchForm moves the live tree, unchanged, to the bucketed form or back, without a top-level
 // link ever dangling for a live name:
 //
-//  1. Stage the tree in the new form (next) and a root holding both forms (both): its
-//     entries are those of next's root and of the live root. Files are hard links and
-//     directories symlinks to the objects they already have, so both cost the width of the
-//     top level.
-//  2. Sync, and swap ..data to both: every link resolves, in either form.
-//  3. Re-point each top-level link to the new form, each by renaming a new symlink over it.
-//  4. Sync the target directory, and swap ..data to next.
+//  1. Stage a root holding both forms: the top-level names as the flat form holds them, and
+//     the buckets (new ones holding the names, or the live ones). Files are hard links and
+//     directories symlinks to the objects they already have, so this costs the width of the
+//     top level, once.
+//  2. Sync, and swap ..data to it: every link resolves, in either form.
+//  3. Re-point each top-level link to the new form, each by renaming a new symlink over it,
+//     and sync the target directory.
 //
-// A crash leaves ..data at the old version with the old links (plus links for no live name),
-// at both with links of either form, or at next with every link re-pointed. Open loads a root
-// holding both forms as bucketed and mixed, and the next Apply re-points every link to the
-// form it stages before it swaps. Both stays as part of the previous version.
+// The root with both forms stays live until the next Apply, which stages the new form only:
+// a reader that read a link's old text just before it was re-pointed still finds the name
+// until then, as a reader inside the previous version does. A crash leaves ..data at the old
+// version with the old links (plus links for no live name), or at the mixed root with links
+// of either form. Open loads a mixed root as bucketed, and the next Apply re-points every
+// link to the form it stages before it swaps.
 func (w *Writer) switchForm(bucketed bool) (err error) {
-	tops := w.liveTops()
 	sw := &switching{w: w, from: map[string]*os.File{}}
 	defer sw.close()
 	defer func() {
@@ -171,21 +168,11 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 			w.removeObjects(sw.made)
 		}
 	}()
-	names := slices.Sorted(func(yield func(string) bool) {
-		for n := range tops {
-			if !yield(n) {
-				return
-			}
-		}
-	})
-	newObj := map[string]string{} // tree directory in the new form -> its object
-	var next, both string
-	var oldBuckets map[string]string // the live root's bucket entries -> their objects
+	names := slices.Sorted(maps.Keys(w.liveTops()))
+	newObj := map[string]string{}  // buckets of the new form -> their objects
+	buckets := map[string]string{} // the mixed root's bucket entries -> their objects
+	var otherHalf []string         // objects only the old form's half of the mixed root reaches
 	if bucketed {
-		leaves := map[string][]string{}
-		for _, n := range names {
-			leaves[bucketDir(n)] = append(leaves[bucketDir(n)], n)
-		}
 		// Each bucket, deepest first, links the buckets below it.
 		below := map[string]map[string]string{} // bucket -> its entries -> their objects
 		add := func(d, obj string) {
@@ -195,6 +182,10 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 			}
 			below[parent][path.Base(d)] = obj
 			newObj[d] = obj
+		}
+		leaves := map[string][]string{}
+		for _, n := range names {
+			leaves[bucketDir(n)] = append(leaves[bucketDir(n)], n)
 		}
 		for leaf, ns := range leaves {
 			obj, err := sw.object(func(to *os.File) error { return sw.putTops(to, ns) })
@@ -215,33 +206,23 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 				add(d, obj)
 			}
 		}
-		rootLinks := below[""]
-		if next, err = sw.object(func(to *os.File) error { return sw.putLinks(to, rootLinks) }); err != nil {
-			return err
-		}
-		both, err = sw.object(func(to *os.File) error {
-			if err := sw.putLinks(to, rootLinks); err != nil {
-				return err
-			}
-			return sw.putTops(to, names)
-		})
+		buckets = below[""]
 	} else {
-		oldBuckets = map[string]string{}
 		for d, obj := range w.dirObj {
-			if d != "" && !strings.Contains(d, "/") && isBucketName(d) {
-				oldBuckets[d] = obj
+			if d != "" && keyOf(d) == "" {
+				otherHalf = append(otherHalf, obj)
+				if !strings.Contains(d, "/") {
+					buckets[d] = obj
+				}
 			}
 		}
-		if next, err = sw.object(func(to *os.File) error { return sw.putTops(to, names) }); err != nil {
+	}
+	both, err := sw.object(func(to *os.File) error {
+		if err := sw.putLinks(to, buckets); err != nil {
 			return err
 		}
-		both, err = sw.object(func(to *os.File) error {
-			if err := sw.putLinks(to, oldBuckets); err != nil {
-				return err
-			}
-			return sw.putTops(to, names)
-		})
-	}
+		return sw.putTops(to, names)
+	})
 	if err != nil {
 		return err
 	}
@@ -253,64 +234,39 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 		return err
 	}
 	w.marked("switch-swapped")
-
-	// Both forms are live: from here on, a failure leaves a mixed root, which the next
-	// Apply cleans as it does after Open.
-	old := w.dirObj[""]
-	w.retired = append(w.retired, old)
-	w.version, w.dirObj[""] = both, both
-	sw.made = slices.DeleteFunc(sw.made, func(o string) bool { return o == both })
-	w.mixed = true
 	if err := w.syncDir("."); err != nil {
 		w.log.Error("the swap may not survive a crash", "error", err)
 	}
-	oldForm := w.bucketed
-	w.bucketed = bucketed
+
+	// The mixed root is live, in the new form: map every directory to its path there.
+	w.retired = append(w.retired, w.dirObj[""])
+	dirObj := make(map[string]string, len(w.dirObj)+len(newObj))
+	for d, obj := range w.dirObj {
+		if k := keyOf(d); d != "" && k != "" {
+			dirObj[w.formPath(bucketed, k)] = obj
+		}
+	}
+	maps.Copy(dirObj, newObj)
+	dirObj[""] = both
+	w.dirObj, w.version, w.bucketed = dirObj, both, bucketed
+	w.mixed, w.otherHalf = true, otherHalf
 	for _, n := range names {
 		w.link(n)
 		w.marked("switch-relinked")
 	}
-	if w.relink {
-		err = errors.New("some top-level links could not be re-pointed")
-	} else if err = w.syncDir("."); err == nil {
-		err = w.swap(next)
-	}
-	if err != nil {
-		// Both forms stay live: the next Apply re-points every link to the old form, then
-		// cleans the root, as after Open.
-		w.bucketed, w.relink = oldForm, true
-		w.removeObjects(sw.made)
-		sw.made = nil
-		return err
-	}
-	w.marked("switch-done")
 	if err := w.syncDir("."); err != nil {
-		w.log.Error("the swap may not survive a crash", "error", err)
+		w.log.Error("the re-pointed links may not survive a crash", "error", err)
 	}
-	// The live tree is next: map every directory to its path in the new form.
-	dirObj := make(map[string]string, len(w.dirObj)+len(newObj))
-	for d, obj := range w.dirObj {
-		k := keyOf(d)
-		if d == "" || k == "" {
-			if d != "" {
-				w.retired = append(w.retired, obj) // an old bucket
-			}
-			continue
-		}
-		if bucketed {
-			dirObj[bucketDir(topName(k))+"/"+k] = obj
-		} else {
-			dirObj[k] = obj
-		}
-	}
-	for d, obj := range newObj {
-		dirObj[d] = obj
-	}
-	dirObj[""] = next
-	w.retired = append(w.retired, both)
-	w.dirObj, w.version, w.mixed = dirObj, next, false
-	w.log.Info("top level switched form", "bucketed", bucketed, "names", len(names), "version", next)
+	w.log.Info("top level switched form", "bucketed", bucketed, "names", len(names), "version", both)
 	return nil
+}
+
+// formPath is where the given form stores key path p.
+func (w *Writer) formPath(bucketed bool, p string) string {
+	if !bucketed {
+		return p
+	}
+	return bucketDir(topName(p)) + "/" + p
 }
 
 // switching holds the objects switchForm made, and the live objects it links files from.

@@ -173,3 +173,35 @@ func TestAtomicReadersNeverMissANameWhileTheTopLevelSwitchesForms(t *testing.T) 
 		t.Errorf("the top level switched forms %d times, want 58", switches)
 	}
 }
+
+// TestAtomicCheckOfABucketedTopLevelSeesEveryName gives Check a directory where each
+// top-level name resolves as in a flat version ({{staged}}/cert.pem), and removes it after.
+func TestAtomicCheckOfABucketedTopLevelSeesEveryName(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "target")
+	want := tree{"cert.pem": "C", "key.pem": "K", "sub/x": "X"}
+	for i := range 10 {
+		want[fmt.Sprintf("k%d", i)] = fmt.Sprint(i)
+	}
+	var checked string
+	check := func(staged string) error {
+		checked = staged
+		for p, v := range want {
+			if got, err := os.ReadFile(filepath.Join(staged, p)); err != nil || string(got) != v {
+				t.Errorf("Check reads %s: %q, %v; want %q", p, got, err, v)
+			}
+		}
+		return nil
+	}
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1, Check: check})
+	w.bucketAbove, w.flatBelow = 8, 6
+	mustApply(t, w, full(1, want))
+	if !w.bucketed {
+		t.Fatal("13 top-level names with a threshold of 8 are not bucketed")
+	}
+	want["cert.pem"] = "C2"
+	mustApply(t, w, batch(2, put("cert.pem", "C2")))
+	if _, err := os.Lstat(checked); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the directory given to Check is still there: %v", err)
+	}
+	assertTree(t, "visible", visible(t, dir), want)
+}

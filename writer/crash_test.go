@@ -125,6 +125,7 @@ func checkRecovery(t *testing.T, layout Layout, dir string, want tree, above, be
 		_, data := dataTree(t, dir)
 		assertTree(t, "..data after recovery", data, want)
 	}
+	w.waitPrune() // the version before the previous one goes in the background
 	kept := map[string]bool{}
 	if layout == Atomic {
 		kept = reachable(t, dir)

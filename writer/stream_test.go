@@ -47,6 +47,7 @@ func mustStream(t testing.TB, w *Writer, b Batch, page int) Result {
 func assertNoSpool(t *testing.T, w *Writer, dir string) {
 	t.Helper()
 	w.waitSweep()
+	w.waitPrune() // the version before the previous one goes in the background
 	kept := map[string]bool{}
 	if w.opts.Layout == Atomic {
 		kept = reachable(t, dir)

@@ -102,7 +102,9 @@ type Options struct {
 	Logger *slog.Logger // nil = slog.Default()
 	// Check, if set, is called with the absolute path of the staged new version (a directory
 	// holding the complete new tree) before it goes live; an error keeps the old version live,
-	// Apply returns that error wrapped, and the next Apply tries again.
+	// Apply returns that error wrapped, and the next Apply tries again. With a bucketed top
+	// level (atomic.go), the path is a temporary directory of one symlink per top-level name
+	// into the staged version, so staged/NAME works either way.
 	Check func(staged string) error
 }
 
@@ -150,6 +152,7 @@ type Writer struct {
 	// mixed says the live root also holds the other form (a switch was cut short). tops is
 	// the number of top-level names of the live tree.
 	bucketed, mixed        bool
+	otherHalf              []string // objects only the other form's half of a mixed root reaches
 	tops                   int
 	bucketAbove, flatBelow int
 	pruning                chan struct{} // closed once the retired objects being removed are gone
@@ -231,7 +234,7 @@ func (w *Writer) open() error {
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
 	w.dirObj, w.retired = make(map[string]string), nil
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
-	w.bucketed, w.mixed, w.tops = false, false, 0
+	w.bucketed, w.mixed, w.tops, w.otherHalf = false, false, 0, nil
 	if err := w.openDir(); err != nil {
 		return err
 	}
@@ -394,7 +397,8 @@ func dirMode(m os.FileMode) os.FileMode {
 //     the old version live.
 //  6. Sync the file system (syncAll: one syncfs), so the new version is durable before it is
 //     visible. Skipped with NoSync.
-//  7. Link each new top-level name, name -> ..data/name (linkNew), then point the symlink
+//  7. Link each new top-level name, name -> ..data/name (or ..data/..X/..Y/..Z/name with a
+//     bucketed top level, bucket.go) (linkNew), then point the symlink
 //     ..data_tmp at the new version and rename it over ..data (swap). The rename is the one
 //     atomic step: a reader resolving ..data sees the complete old or new tree, and every
 //     name of the new tree is linked before it goes live. Names taken by a file that is not
@@ -402,9 +406,11 @@ func dirMode(m os.FileMode) os.FileMode {
 //  8. Sync the target directory (syncDir), so the rename itself survives a crash.
 //  9. Remove our links for top-level names that are gone (unlinkGone, or relinkAll after
 //     Open, which also checks every link).
-//  10. Delete the objects only the version before the previous one reached (removeObjects).
-//     The previous version stays whole, so a reader that resolved into it just before the
-//     swap can finish; after a tighter Mode, it goes at once.
+//  10. If the top level crossed the bucketing threshold, switch its form (switchForm).
+//  11. Delete the objects only the version before the previous one reached, in the
+//     background (prune); the next Apply, Open or Close waits for it. The previous version
+//     stays whole, so a reader that resolved into it just before the swap can finish; after
+//     a tighter Mode, it goes at once, before Apply returns.
 //
 // The Plain layout then (applyPlain):
 //
@@ -423,7 +429,7 @@ func dirMode(m os.FileMode) os.FileMode {
 //
 // An error before the swap leaves the model updated but the old tree live: the next Apply,
 // even of an empty batch, tries to publish again. Once ..data has moved, Apply reports
-// success (the files did change); failures of steps 8 to 10 are logged, and links are
+// success (the files did change); failures of steps 8 to 11 are logged, and links are
 // retried at the next Apply. With the
 // Plain layout an error can leave part of the batch written; the next Apply completes it.
 // Apply is not safe for concurrent use.
