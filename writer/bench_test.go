@@ -111,3 +111,21 @@ func BenchmarkApplyOneKeyFlat(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFullSyncFlat10000 is a first sync of 10000 top-level keys of 1 KiB (bucketed).
+func BenchmarkFullSyncFlat10000(b *testing.B) {
+	full := flatBatch(10000, 1024)
+	b.SetBytes(int64(len(full.Changes) * 1024))
+	for b.Loop() {
+		b.StopTimer()
+		dir := filepath.Join(b.TempDir(), "target")
+		w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+		b.StartTimer()
+		if res := mustApply(b, w, full); res.Written != 10000 {
+			b.Fatalf("Result = %+v", res)
+		}
+		b.StopTimer()
+		w.Close()
+		b.StartTimer()
+	}
+}

@@ -14,43 +14,45 @@ import (
 // A wide top level is bucketed. The root object of a version holds every top-level name, so
 // with thousands of keys at the top level (how most prefixes are used) a one-key change would
 // hard-link them all into a new root. Above bucketAbove top-level names, the tree stores name
-// NAME under ..X/..Y/..Z/NAME instead, X, Y and Z three hex digits of a hash of NAME (16
-// buckets per level), and the top-level link is NAME -> ..data/..X/..Y/..Z/NAME. A change
-// then makes new objects for a root and two buckets of at most 16 entries each, and a last
-// bucket of about N/4096 names: 50 entries for 10000 names, where two levels of 64 made 131
-// (each entry costs a few µs). Below flatBelow names the tree is flat again (..data/NAME);
-// the gap keeps a prefix near the threshold from switching back and forth. Bucket names start
-// with "..", which no key segment may, so they never collide with a key.
+// NAME under ..X/..Y/..Z/NAME instead, X, Y and Z three digits (0-7) of a hash of NAME, and
+// the top-level link is NAME -> ..data/..X/..Y/..Z/NAME. A change then makes new objects for
+// a root and two buckets of at most 8 entries each, and a last bucket of about N/512 names:
+// 44 entries for 10000 names (each costs a few µs). More buckets would make a change cheaper
+// at 50000 names, but each bucket is a directory a first sync must create (4096 of them, for
+// 3 levels of 16, added a third to a first sync of 10000 keys). Below flatBelow names the tree
+// is flat again (..data/NAME); the gap keeps a prefix near the threshold from switching back
+// and forth. Bucket names start with "..", which no key segment may, so they never collide
+// with a key.
 //
 // Switching forms moves every top-level name, so it costs the width of the top level, once:
 // see switchForm.
 const (
 	bucketAbove  = 256
 	flatBelow    = 128
-	bucketLevels = 3            // of 16 buckets each
+	bucketLevels = 3            // of 8 buckets each
 	linkTmp      = "..link_tmp" // a top-level link being re-pointed, before its rename
 )
 
 // bucketDir is the tree directory holding top-level name NAME in the bucketed form:
-// bucketLevels bucket names, one per hex digit of a hash of NAME ("..3/..a/..f").
+// bucketLevels bucket names, one per 3 bits of a hash of NAME ("..3/..0/..6").
 func bucketDir(name string) string {
 	h := uint32(2166136261) // FNV-1a
 	for i := 0; i < len(name); i++ {
 		h ^= uint32(name[i])
 		h *= 16777619
 	}
-	const hex = "0123456789abcdef"
+	const digits = "01234567"
 	var b [bucketLevels * 4]byte
 	for i := range bucketLevels {
-		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = '.', '.', hex[h&15], '/'
-		h >>= 4
+		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = '.', '.', digits[h&7], '/'
+		h >>= 3
 	}
 	return string(b[:len(b)-1])
 }
 
-// isBucketName reports whether seg names a bucket ("..0" to "..f").
+// isBucketName reports whether seg names a bucket ("..0" to "..7").
 func isBucketName(seg string) bool {
-	return len(seg) == 3 && seg[:2] == ".." && strings.IndexByte("0123456789abcdef", seg[2]) >= 0
+	return len(seg) == 3 && seg[:2] == ".." && seg[2] >= '0' && seg[2] <= '7'
 }
 
 // treePath is where the live form stores the file or directory of key path p.
