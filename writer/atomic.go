@@ -721,6 +721,12 @@ func (w *Writer) linkNew(oldTop, newTop map[string]bool) (created []string) {
 			created = append(created, name)
 		}
 	}
+	// With a bucketed top level, newTop holds only the names of the buckets that changed.
+	for _, name := range slices.Collect(maps.Keys(w.unlinked)) {
+		if !newTop[name] && w.isDesiredTop(name) && w.link(name) {
+			created = append(created, name)
+		}
+	}
 	return created
 }
 

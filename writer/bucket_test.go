@@ -205,3 +205,31 @@ func TestAtomicCheckOfABucketedTopLevelSeesEveryName(t *testing.T) {
 	}
 	assertTree(t, "visible", visible(t, dir), want)
 }
+
+// TestAtomicBucketedNameFreedByTheUserIsLinkedAtTheNextChange: a foreign file took a
+// top-level name; once the user removes it, the next change links the name, whichever bucket
+// it changes.
+func TestAtomicBucketedNameFreedByTheUserIsLinkedAtTheNextChange(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "target")
+	writeFile(t, filepath.Join(dir, "cert.pem"), "foreign")
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	w.bucketAbove, w.flatBelow = 8, 6
+	want := tree{"cert.pem": "ours"}
+	for i := range 20 {
+		want[fmt.Sprintf("k%02d", i)] = "K"
+	}
+	mustApply(t, w, full(1, want))
+	if got := readFile(t, filepath.Join(dir, "cert.pem")); got != "foreign" {
+		t.Fatalf("cert.pem = %q", got)
+	}
+	if err := os.Remove(filepath.Join(dir, "cert.pem")); err != nil {
+		t.Fatal(err)
+	}
+	other := "k00"
+	for i := 0; bucketDir(other) == bucketDir("cert.pem"); i++ {
+		other = fmt.Sprintf("k%02d", i)
+	}
+	want[other] = "changed"
+	mustApply(t, w, batch(2, put(other, "changed")))
+	assertTree(t, "visible", visible(t, dir), want)
+}
