@@ -48,6 +48,7 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 				w.bucketAbove, w.flatBelow = above, below
 				if !tc.firstBatch {
 					mustApply(t, w, full(1, tc.before))
+					w.waitPrune() // the target holds still while the steps copy it
 				}
 				crashes := t.TempDir()
 				var steps []string
