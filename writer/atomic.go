@@ -454,7 +454,9 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		}
 		top := w.isTopDir(d)
 		if top {
-			maps.Insert(st.oldTop, maps.All(boolKeys(entries)))
+			for name := range entries {
+				st.oldTop[name] = true
+			}
 		}
 		for name, written := range files[d] {
 			if !written {
@@ -474,7 +476,9 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			}
 		}
 		if top {
-			maps.Insert(st.newTop, maps.All(boolKeys(entries)))
+			for name := range entries {
+				st.newTop[name] = true
+			}
 		}
 		if d == "" || len(entries) > 0 {
 			o, err := w.newObject(st, d, entries, files[d])
@@ -675,22 +679,6 @@ func depth(d string) int {
 	return strings.Count(d, "/") + 1
 }
 
-func setOf(names []string) map[string]bool {
-	s := make(map[string]bool, len(names))
-	for _, n := range names {
-		s[n] = true
-	}
-	return s
-}
-
-func boolKeys(m map[string]bool) map[string]bool {
-	s := make(map[string]bool, len(m))
-	for k := range m {
-		s[k] = true
-	}
-	return s
-}
-
 // discard removes a staged version that will not go live.
 func (w *Writer) discard(staged string) {
 	if err := w.root.RemoveAll(staged); err != nil {
@@ -764,7 +752,7 @@ func (w *Writer) relinkAll(newTop map[string]bool) (changed bool) {
 	return changed
 }
 
-// link makes name -> ..data/name (..data/..XX/..YY/name when bucketed) unless it exists.
+// link makes name -> ..data/name (..data/..X/..Y/..Z/name when bucketed) unless it exists.
 // symlink(2) never replaces an existing entry, so a file that is not ours is safe even if it
 // appears meanwhile. Our link of the other form is re-pointed by a rename over it, so it never
 // dangles.
@@ -829,7 +817,7 @@ func (w *Writer) unlink(name string) (removed bool) {
 }
 
 // isOurLink reports whether name is a symlink to exactly ..data/name or
-// ..data/..XX/..YY/name, the only top-level entries we create, and so the only ones we may
+// ..data/..X/..Y/..Z/name, the only top-level entries we create, and so the only ones we may
 // remove.
 func (w *Writer) isOurLink(name string) bool {
 	target, err := w.root.Readlink(name)

@@ -148,7 +148,7 @@ type Writer struct {
 	rebuild  bool              // the live version holds junk or wrong directory modes
 	relink   bool              // check every top-level link at the next Apply
 	unlinked map[string]bool   // top-level names taken by an entry that is not ours
-	// The form of the top level (bucket.go): bucketed stores NAME under ..XX/..YY/NAME, and
+	// The form of the top level (bucket.go): bucketed stores NAME under ..X/..Y/..Z/NAME, and
 	// mixed says the live root also holds the other form (a switch was cut short). tops is
 	// the number of top-level names of the live tree.
 	bucketed, mixed        bool
