@@ -165,6 +165,9 @@ func (w *Writer) desiredTops() map[string]bool {
 func (w *Writer) switchForm(bucketed bool) (err error) {
 	sw := &switching{w: w, from: map[string]*os.File{}}
 	defer sw.close()
+	if sw.top, err = w.root.Open("."); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil {
 			w.removeObjects(sw.made)
@@ -274,6 +277,7 @@ func (w *Writer) formPath(bucketed bool, p string) string {
 // switching holds the objects switchForm made, and the live objects it links files from.
 type switching struct {
 	w    *Writer
+	top  *os.File // the target directory, open
 	made []string
 	from map[string]*os.File // live object -> open
 }
@@ -282,19 +286,18 @@ func (sw *switching) close() {
 	for _, f := range sw.from {
 		f.Close()
 	}
+	if sw.top != nil {
+		sw.top.Close()
+	}
 }
 
 // object makes a new object and fills it with fill.
 func (sw *switching) object(fill func(to *os.File) error) (string, error) {
-	name, err := sw.w.newVersionDir()
+	name, to, err := sw.w.makeObject(sw.top)
 	if err != nil {
 		return "", err
 	}
 	sw.made = append(sw.made, name)
-	to, err := sw.w.root.Open(name)
-	if err != nil {
-		return "", err
-	}
 	defer to.Close()
 	if err := fill(to); err != nil {
 		return "", fmt.Errorf("switching the top level's form: %w", err)
