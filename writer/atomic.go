@@ -224,6 +224,9 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	}
 
 	st, err := w.stage(write, remove)
+	if isNoSpace(err) {
+		w.waitSweep() // a streamed start's spool, still being removed
+	}
 	if isNoSpace(err) && len(w.retired) > 0 {
 		// The previous version is kept only for readers still inside it; a version that
 		// cannot go live helps nobody. Make room and try again at once.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestAtomicOneKeyChangeInAWideFlatTreeCostsLittle counts the entries a one-key change
@@ -232,4 +233,30 @@ func TestAtomicBucketedNameFreedByTheUserIsLinkedAtTheNextChange(t *testing.T) {
 	want[other] = "changed"
 	mustApply(t, w, batch(2, put(other, "changed")))
 	assertTree(t, "visible", visible(t, dir), want)
+}
+
+// TestAtomicChangeDoesNotWaitForTheSpoolRemoval: the spool of a big streamed start is removed
+// in the background (50000 unlinks take a few hundred ms); a change right after the start
+// goes live without waiting for it.
+func TestAtomicChangeDoesNotWaitForTheSpoolRemoval(t *testing.T) {
+	w, dir := open(t, Atomic)
+	mustStream(t, w, full(1, tree{"a": "A"}), 1)
+	w.waitSweep()
+	sweeping := make(chan struct{}) // a removal that has not ended yet
+	w.sweeping = sweeping
+	defer close(sweeping)
+	applied := make(chan error, 1)
+	go func() {
+		_, err := w.Apply(batch(2, put("a", "A2")))
+		applied <- err
+	}()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Apply waited for the spool's removal")
+	}
+	assertTree(t, "visible", visible(t, dir), tree{"a": "A2"})
 }

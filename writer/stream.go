@@ -259,7 +259,7 @@ func (s *Stream) Commit() (Result, error) {
 	}
 	// The new version holds its own links to the spooled files (the Plain layout copied
 	// them). The spool goes in the background, so neither the start nor the next change waits
-	// for it; the next call into the writer waits for the end.
+	// for it; the next BeginFull, Close, reopen or full disk waits for the end.
 	done := make(chan struct{})
 	w.sweeping = done
 	go func() {

@@ -230,6 +230,7 @@ func Open(opts Options) (*Writer, error) {
 // removed or replaced.
 func (w *Writer) open() error {
 	w.waitPrune()
+	w.waitSweep()
 	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
 	w.dirObj, w.retired = make(map[string]string), nil
@@ -330,6 +331,8 @@ func (w *Writer) reopenIfGone() (bool, error) {
 		return false, nil
 	}
 	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
+	w.waitPrune() // they use the root being released
+	w.waitSweep()
 	w.release()
 	if err := w.open(); err != nil {
 		return true, err
@@ -441,7 +444,8 @@ func (w *Writer) Apply(b Batch) (Result, error) {
 	if w.stream != nil {
 		return res, errors.New("writer: Apply while a streamed full batch is open")
 	}
-	w.waitSweep()
+	// A streamed start's spool may still be going in the background: the change does not
+	// wait for it (finish waits where it matters: a full disk, the Plain layout's copies).
 	if err := w.ensureTarget(b.Revision, b.Full); err != nil {
 		return res, err
 	}
@@ -457,6 +461,7 @@ func (w *Writer) finish(revision int64, res *Result) error {
 	if w.opts.Layout == Atomic {
 		err = w.applyAtomic(write, remove, res)
 	} else {
+		w.waitSweep() // the spool held copies of every value: their room may be needed
 		err = w.applyPlain(write, remove, res)
 	}
 	if err != nil {
