@@ -420,7 +420,7 @@ func (o *object) close() {
 
 // newObject creates the empty object of directory d and opens it, with its live object.
 func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
-	name, err := w.newVersionDir()
+	name, err := w.stagedObject(d) // a streamed full batch may have made it, with its new files
 	if err != nil {
 		return nil, err
 	}
@@ -644,6 +644,9 @@ func (w *Writer) relinkAll(newTop map[string]bool) (changed bool) {
 // entry, so a file that is not ours is safe even if it appears meanwhile.
 func (w *Writer) link(name string) (created bool) {
 	delete(w.unlinked, name)
+	if w.stream.linkedEarly(name) {
+		return true // made while the streamed full batch arrived
+	}
 	if w.isOurLink(name) {
 		return false
 	}

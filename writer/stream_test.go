@@ -43,6 +43,18 @@ func mustStream(t testing.TB, w *Writer, b Batch, page int) Result {
 	return res
 }
 
+// streamDirs are the directories a stream writes its values into.
+func streamDirs(s *Stream) []string {
+	if !s.direct {
+		return []string{s.name}
+	}
+	var dirs []string
+	for _, o := range s.objs {
+		dirs = append(dirs, o.name)
+	}
+	return dirs
+}
+
 // assertNoSpool fails if a spool (or any other leftover but the previous version) is in dir.
 func assertNoSpool(t *testing.T, w *Writer, dir string) {
 	t.Helper()
@@ -72,7 +84,9 @@ func TestStreamIsOneApply(t *testing.T) {
 			ref, refDir := open(t, layout)
 			for i, want := range []tree{first, next} {
 				b := full(int64(i+1), want)
-				b.Changes = append(b.Changes, put("../evil", "x"), put("next/shadowed", "S"), put("next/shadowed/k", "K2"))
+				b.Changes = append(b.Changes, put("../evil", "x"), put("next/shadowed", "S"), put("next/shadowed/k", "K2"),
+					put("twice", "T1"), put("twice", "T2"), put("dropped", "D"), put("dir/dropped", "D"),
+					del("dropped"), del("dir/dropped"), put("top", "first"), put("top/k", "below"))
 				got := mustStream(t, w, b, 2)
 				exp := mustApply(t, ref, b)
 				if got != exp {
@@ -89,7 +103,7 @@ func TestStreamIsOneApply(t *testing.T) {
 			}
 			// The same full batch again changes nothing.
 			b := full(4, next)
-			b.Changes = append(b.Changes, put("next/shadowed", "S"))
+			b.Changes = append(b.Changes, put("next/shadowed", "S"), put("twice", "T2"), put("top", "first"), put("top/k", "below"))
 			if res := mustStream(t, w, b, 3); res.Changed {
 				t.Errorf("an unchanged streamed full batch changed something: %+v", res)
 			}
@@ -156,17 +170,14 @@ func TestStreamFailureKeepsOldVersion(t *testing.T) {
 				if how == "abort" {
 					s.Abort()
 				} else {
-					// Let the first page reach the spool, then take the spool away.
-					s.jobs <- spoolJob{"sync", nil}
-					close(s.jobs)
-					s.wg.Wait()
-					s.jobs = nil
-					if err := os.RemoveAll(filepath.Join(dir, s.name)); err != nil {
-						t.Fatal(err)
+					// Let the first page be written, then take away where it went.
+					s.stopWorkers()
+					for _, d := range streamDirs(s) {
+						if err := os.RemoveAll(filepath.Join(dir, d)); err != nil {
+							t.Fatal(err)
+						}
 					}
-					s.jobs = make(chan spoolJob, 1)
-					s.wg.Add(1)
-					go s.spool()
+					s.startWorkers()
 					s.Add([]Change{put("new/c", "C")})
 					if _, err := s.Commit(); err == nil {
 						t.Fatal("Commit succeeded without its spool")
@@ -259,4 +270,98 @@ func TestStreamDiskFullConvergesAtTheNextResync(t *testing.T) {
 		t.Fatalf("the resync after a full disk did not fit, although it would without the previous version: %v", err)
 	}
 	assertTree(t, "after the resync", visible(t, dir), next)
+}
+
+// TestStreamAbortLeavesTargetAsItWas: a streamed full batch aborted after its values were
+// written (an etcd read failed halfway), with new top-level names, leaves every entry of the
+// target as it was: no link made for a new name, no directory.
+func TestStreamAbortLeavesTargetAsItWas(t *testing.T) {
+	old := tree{"a": "A1", "sub/b": "B1"}
+	next := tree{"a": "A2", "sub/b": "B2", "new": "N", "new2/c": "C", "z": "Z"}
+	for _, layout := range layouts {
+		for _, first := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/first sync %v", layout, first), func(t *testing.T) {
+				w, dir := open(t, layout)
+				if !first {
+					mustApply(t, w, full(1, old))
+				}
+				before := listing(t, dir)
+				s, err := w.BeginFull(2)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.holdMax = 0
+				if err := s.Add(full(2, next).Changes); err != nil {
+					t.Fatal(err)
+				}
+				s.stopWorkers() // every value written, every early link made
+				s.startWorkers()
+				s.Abort()
+				if after := listing(t, dir); !slices.Equal(before, after) {
+					t.Errorf("the target after the aborted stream:\n%q\nbefore it:\n%q", after, before)
+				}
+				want := old
+				if first {
+					want = tree{}
+				}
+				assertFiles(t, w, want)
+				mustStream(t, w, full(3, next), 2)
+				assertTree(t, "after the next full batch", visible(t, dir), next)
+			})
+		}
+	}
+}
+
+// listing is every entry at the top of dir, with its symlink target.
+func listing(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, n := range names(t, dir) {
+		if target, err := os.Readlink(filepath.Join(dir, n)); err == nil {
+			n += " -> " + target
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestStreamWritesEachValueOnce: with the Atomic layout a streamed first sync writes each value
+// straight into the new version: when it is staged, every file has one link (a spool would
+// hold a second), and Commit leaves nothing to remove.
+func TestStreamWritesEachValueOnce(t *testing.T) {
+	want := tree{}
+	for i := range 50 {
+		want[fmt.Sprintf("k%02d", i)] = fmt.Sprint(i)
+		want[fmt.Sprintf("d%d/k%02d", i%3, i)] = fmt.Sprint(i)
+	}
+	w, dir := open(t, Atomic)
+	checked := 0
+	w.step = func(step string) {
+		if step != "staged" {
+			return
+		}
+		filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() || filepath.Base(name) == lockName {
+				return err
+			}
+			fi, err := os.Lstat(name)
+			if err != nil {
+				return err
+			}
+			checked++
+			if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+				t.Errorf("%s has %d links", name, n)
+			}
+			return nil
+		})
+	}
+	mustStream(t, w, full(1, want), 7)
+	if checked != len(want) {
+		t.Errorf("%d files staged, want %d", checked, len(want))
+	}
+	if w.sweeping != nil {
+		t.Error("a spool is being removed after the commit")
+	}
+	assertTree(t, "streamed", visible(t, dir), want)
+	assertNoSpool(t, w, dir)
 }
