@@ -158,7 +158,9 @@ func (w *Writer) pruneObjects() error {
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
+	others := false
 	for _, name := range names {
+		others = others || !strings.HasPrefix(name, "..")
 		if !versionName.MatchString(name) || keep[name] {
 			continue
 		}
@@ -169,6 +171,9 @@ func (w *Writer) pruneObjects() error {
 			return fmt.Errorf("writer: removing stale version %s: %w", name, err)
 		}
 		w.log.Debug("removed a stale version directory", "version", name)
+	}
+	if !others && w.version == "" {
+		w.relink = false // no link to check: the first batch links its names as new ones
 	}
 	return nil
 }

@@ -365,3 +365,26 @@ func TestStreamWritesEachValueOnce(t *testing.T) {
 	assertTree(t, "streamed", visible(t, dir), want)
 	assertNoSpool(t, w, dir)
 }
+
+// TestOpenChecksLinksOnlyWhenThereAreAny: a target with no entry but ours (a first start) has
+// no link to check, so the first batch does not read back every link it made; a link a crash
+// left (made early by a stream) is still removed by the first batch.
+func TestOpenChecksLinksOnlyWhenThereAreAny(t *testing.T) {
+	w, _ := open(t, Atomic)
+	if w.relink {
+		t.Error("an empty target is to be checked for stale links")
+	}
+	dir := filepath.Join(t.TempDir(), "target")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/stale", filepath.Join(dir, "stale")); err != nil {
+		t.Fatal(err)
+	}
+	w = openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	if !w.relink {
+		t.Error("a target with a link in it is not checked for stale links")
+	}
+	mustStream(t, w, full(1, tree{"a": "A"}), 1)
+	assertTree(t, "after the first sync", visible(t, dir), tree{"a": "A"})
+}
