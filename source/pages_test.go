@@ -175,8 +175,8 @@ func TestSnapshotPagesGrowWithSmallValues(t *testing.T) {
 		}
 		pages++
 	}
-	if pg.keys != 6000 {
-		t.Fatalf("read %d keys, want 6000", pg.keys)
+	if pg.keys != 6000 || b.Keys != 6000 {
+		t.Fatalf("read %d keys, the batch announced %d, want 6000", pg.keys, b.Keys)
 	}
 	if pages > 3 {
 		t.Errorf("6000 keys of 10 bytes came in %d pages, want at most 3 (the first of %d keys, then thousands a page)",

@@ -67,6 +67,9 @@ type Batch struct {
 	// applies the batch (Collect reads them all into Changes); an error from Next is etcd's,
 	// and the batch must not be applied.
 	Next func(ctx context.Context) ([]Change, error)
+	// Keys is, for a Full batch read page by page, how many keys the snapshot holds (etcd's
+	// count at its revision), so that the consumer can size its tables once.
+	Keys int
 }
 
 // Collect reads the remaining pages of b into Changes, for an ApplyFunc that needs the whole
@@ -579,16 +582,17 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 // a Full batch whose Next reads the later pages at R.
 func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
 	from, end := s.keyRange()
-	pg := &pager{s: s, end: end, model: map[string]keyRevs{}}
+	pg := &pager{s: s, end: end}
 	resp, err := pg.get(ctx, from, min(s.opts.PageSize, firstPage))
 	if err != nil {
 		return Batch{}, nil, err
 	}
+	pg.model = make(map[string]keyRevs, max(resp.Count, 0))
 	pg.rev = resp.Header.Revision
 	s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
 	s.obs.EtcdRevision(resp.Header.Revision)
 	s.logConnected(ctx, resp.Header.MemberId)
-	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next}
+	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next, Keys: int(resp.Count)}
 	return b, pg, nil
 }
 

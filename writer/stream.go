@@ -127,6 +127,21 @@ func (w *Writer) BeginFull(revision int64) (*Stream, error) {
 	return s, nil
 }
 
+// Expect tells the stream how many keys the batch has, if known, so that the model's tables
+// are made at their size once rather than grown page by page.
+func (s *Stream) Expect(keys int) {
+	w := s.w
+	if len(w.keys) > 0 || keys <= 0 {
+		return
+	}
+	w.keys = make(map[string]*entry, keys)
+	dirty := make(map[string]struct{}, keys+len(w.dirty))
+	for p := range w.dirty {
+		dirty[p] = struct{}{}
+	}
+	w.dirty = dirty
+}
+
 // holdMax is how many bytes of new values a Stream keeps in memory, as Apply would, before it
 // starts writing them: a small snapshot costs no more than one Apply.
 const holdMax = 256 << 10

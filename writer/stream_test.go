@@ -26,6 +26,7 @@ func applyStreamHolding(t testing.TB, w *Writer, b Batch, page, holdMax int) (Re
 		return Result{}, err
 	}
 	s.holdMax = holdMax
+	s.Expect(len(b.Changes))
 	for c := range slices.Chunk(b.Changes, page) {
 		if err := s.Add(c); err != nil {
 			return Result{}, err
