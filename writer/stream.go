@@ -20,9 +20,9 @@ import (
 // Add for each page, then Commit (or Abort). It has the effect of one Apply of the whole
 // batch, but the values never sit in memory together: each page's new or changed values are
 // written at once, on every core, while the next page is read. So memory does not grow with
-// the values' total size, only with the number of keys (a sha256 each). The first holdMax
-// bytes of new values are kept in memory instead, so a small snapshot costs what one Apply
-// does.
+// the values' total size, only with the number of keys (a sha256 each). With a spool, the
+// first holdMax bytes of new values are kept in memory instead, so a small snapshot costs
+// what one Apply does and makes no spool.
 //
 // Where the values go: with the Atomic layout (and no Check), straight into their final
 // place, the new version's object of their directory, created as the first value for it
@@ -142,8 +142,10 @@ func (s *Stream) Expect(keys int) {
 	w.dirty = dirty
 }
 
-// holdMax is how many bytes of new values a Stream keeps in memory, as Apply would, before it
-// starts writing them: a small snapshot costs no more than one Apply.
+// holdMax is how many bytes of new values a Stream with a spool keeps in memory, as Apply
+// would, before it starts the spool: a small snapshot costs no more than one Apply. (Values
+// written in place are never held: that costs nothing more, and holding them would leave
+// their writing to Commit, after the last page.)
 const holdMax = 256 << 10
 
 // jobBatch is how many writes go to a worker at once.
@@ -291,7 +293,7 @@ func (s *Stream) Add(changes []Change) error {
 			w.put(p, sum, nil, false) // the live file holds it
 			continue
 		}
-		if again || s.jobs == nil && s.held+len(c.Value) <= s.holdMax {
+		if again || !s.direct && s.jobs == nil && s.held+len(c.Value) <= s.holdMax {
 			// A key given twice in one snapshot does not happen; kept in memory, its value
 			// never races with its first write.
 			s.held += len(c.Value)
