@@ -560,7 +560,9 @@ func (s *Stream) Abort() {
 
 // linkSpooled hard-links the spooled content of path p as name in the directory open as to,
 // and reports whether it did; otherwise the caller writes the content itself. A value
-// written in place is there already when to is the object it was written into.
+// written in place is there already: the stage's object for p's directory is the one it was
+// written into (stagedObject handed it over). So Add must place p where the stage does: in
+// the object of parentDir(p), as path.Base(p).
 func (w *Writer) linkSpooled(p string, to int, name string) bool {
 	s := w.stream
 	if s == nil {
