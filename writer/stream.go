@@ -74,8 +74,9 @@ type Stream struct {
 	batch  []spoolJob      // the writes Add has not queued yet
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	err    error // the first failed write
-	linked atomic.Bool
+	err    error       // the first failed write
+	broken atomic.Bool // err is set: the workers only drain the queue
+	linked atomic.Bool // a worker made a top-level link
 	done   bool
 }
 
@@ -216,7 +217,7 @@ func (s *Stream) write() {
 	defer s.wg.Done()
 	for batch := range s.jobs {
 		for _, j := range batch {
-			if s.failed() != nil {
+			if s.broken.Load() {
 				break
 			}
 			err := s.w.createFileAt(j.dir, j.dirName, j.name, j.value)
@@ -232,6 +233,7 @@ func (s *Stream) write() {
 					s.err = noSpace(err, s.w.absDir)
 				}
 				s.mu.Unlock()
+				s.broken.Store(true)
 			}
 		}
 	}
