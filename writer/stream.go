@@ -284,8 +284,8 @@ func (s *Stream) Add(changes []Change) error {
 			again = true
 		}
 		if c.Delete {
-			if again && !strings.Contains(p, "/") {
-				s.relinks = true // the link the stream made (or makes) is no key's now
+			if s.direct && w.keys[p] != nil && !strings.Contains(p, "/") {
+				s.relinks = true // a link the stream made (or makes) may be no key's now
 			}
 			w.remove(p)
 			continue

@@ -87,7 +87,8 @@ func TestStreamIsOneApply(t *testing.T) {
 				b := full(int64(i+1), want)
 				b.Changes = append(b.Changes, put("../evil", "x"), put("next/shadowed", "S"), put("next/shadowed/k", "K2"),
 					put("twice", "T1"), put("twice", "T2"), put("dropped", "D"), put("dir/dropped", "D"),
-					del("dropped"), del("dir/dropped"), put("top", "first"), put("top/k", "below"))
+					del("dropped"), del("dir/dropped"), put("top", "first"), put("top/k", "below"),
+					put("again", "1"), put("again", "2"), del("again"))
 				got := mustStream(t, w, b, 2)
 				exp := mustApply(t, ref, b)
 				if got != exp {
@@ -391,4 +392,36 @@ func TestOpenChecksLinksOnlyWhenThereAreAny(t *testing.T) {
 	}
 	mustStream(t, w, full(1, tree{"a": "A"}), 1)
 	assertTree(t, "after the first sync", visible(t, dir), tree{"a": "A"})
+}
+
+// TestStreamKeyWrittenThenRemovedLeavesNoLink: a top-level key written (and linked) while the
+// stream arrived, given again and then removed in a later page, leaves no link behind, after
+// Commit or Abort.
+func TestStreamKeyWrittenThenRemovedLeavesNoLink(t *testing.T) {
+	for _, commit := range []bool{true, false} {
+		t.Run(fmt.Sprintf("commit %v", commit), func(t *testing.T) {
+			w, dir := open(t, Atomic)
+			s, err := w.BeginFull(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, page := range [][]Change{{put("x", "X"), put("again", "1")}, {put("again", "2")}, {del("again")}} {
+				if err := s.Add(page); err != nil {
+					t.Fatal(err)
+				}
+				s.stopWorkers() // each page written and linked before the next
+				s.startWorkers()
+			}
+			if !commit {
+				s.Abort()
+				mustApply(t, w, batch(2)) // a link the abort could not name goes at the next batch
+				assertTree(t, "after the aborted stream and a batch", visible(t, dir), tree{})
+				return
+			}
+			if _, err := s.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			assertTree(t, "after the stream", visible(t, dir), tree{"x": "X"})
+		})
+	}
 }
