@@ -191,7 +191,9 @@ func (w *Writer) pruneObjects() error {
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
+	others := false
 	for _, name := range names {
+		others = others || !strings.HasPrefix(name, "..")
 		if !versionName.MatchString(name) || keep[name] {
 			continue
 		}
@@ -202,6 +204,9 @@ func (w *Writer) pruneObjects() error {
 			return fmt.Errorf("writer: removing stale version %s: %w", name, err)
 		}
 		w.log.Debug("removed a stale version directory", "version", name)
+	}
+	if !others && w.version == "" {
+		w.relink = false // no link to check: the first batch links its names as new ones
 	}
 	return nil
 }
@@ -214,6 +219,11 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	bucketed := w.wantBucketed(tops)
 	if w.version == "" {
 		w.bucketed = bucketed // nothing live: the first version takes its form at once
+		if s := w.stream; s != nil && s.formSet {
+			// Its values are placed in the stream's form already: stage in it, and switch
+			// after the swap if the real width asks for the other.
+			w.bucketed = s.bucketed
+		}
 	}
 	if len(write) == 0 && len(remove) == 0 && !w.rebuild && !w.mixed && w.version != "" {
 		if w.relink {
@@ -550,7 +560,7 @@ func (o *object) close() {
 
 // newObject creates the empty object of directory d and opens it, with its live object.
 func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
-	name, to, err := w.makeObject(st.top)
+	name, to, err := w.stagedObject(st.top, d) // a streamed full batch may have made it, with its new files
 	if err != nil {
 		return nil, err
 	}
@@ -797,6 +807,9 @@ func (w *Writer) relinkAll(newTop map[string]bool) (changed bool) {
 // dangles.
 func (w *Writer) link(name string) (created bool) {
 	delete(w.unlinked, name)
+	if w.stream.linkedEarly(name) {
+		return true // made while the streamed full batch arrived, in the form staged
+	}
 	want := w.linkTarget(name)
 	target, err := w.root.Readlink(name)
 	if err == nil && target == want {
@@ -868,8 +881,11 @@ func isOurTarget(name, target string) bool {
 }
 
 // linkTarget is what top-level link name points at in the live form.
-func (w *Writer) linkTarget(name string) string {
-	if w.bucketed {
+func (w *Writer) linkTarget(name string) string { return formLinkTarget(w.bucketed, name) }
+
+// formLinkTarget is what top-level link name points at in the given form.
+func formLinkTarget(bucketed bool, name string) string {
+	if bucketed {
 		return dataLink + "/" + bucketDir(name) + "/" + name
 	}
 	return dataLink + "/" + name

@@ -27,8 +27,9 @@
 //
 // Memory: the writer keeps a sha256 per key, not the values, except for the few values it
 // cannot read back from disk (keys shadowed by a directory, and changes not yet published).
-// A Full batch can also arrive in pages (BeginFull, stream.go): its values are then spooled to
-// disk as they arrive, so even a snapshot's values are never all in memory.
+// A Full batch can also arrive in pages (BeginFull, stream.go): its values are then written to
+// disk as they arrive (Atomic: straight into the new version's hidden objects), so even a
+// snapshot's values are never all in memory.
 package writer
 
 import (
@@ -45,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -126,6 +128,8 @@ type Writer struct {
 	lock    *os.File // holds the flock on lockName while the writer is open
 	closed  bool
 	absDir  string
+	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go).
+	modeAtCreate bool
 
 	// The desired state: every accepted key, and for each directory the number of keys below
 	// it. A key with keys below it is shadowed: the directory wins.
@@ -182,7 +186,10 @@ type entry struct {
 	sum   [32]byte
 	value []byte
 	held  bool
-	spool string // during a streamed full batch: the file in the spool holding the content
+	spool string // during a streamed full batch: the file in the spool holding the content, or inPlace
+	// During a streamed full batch written in place: the stream made the top-level link of
+	// this (top-level) key. Set by the stream's writers.
+	linked atomic.Bool
 }
 
 // Open validates opts, creates Dir if missing, cleans what a crash left behind, and loads the
@@ -276,6 +283,7 @@ func (w *Writer) openDir() error {
 	if err := checkPrivate(w.absDir); err != nil {
 		return err
 	}
+	w.modeAtCreate = modeAtCreate(w.absDir, w.opts.Mode, w.opts.UID, w.opts.GID)
 	root, err := os.OpenRoot(w.absDir)
 	if err != nil {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
@@ -662,7 +670,11 @@ func (w *Writer) content(p string) ([]byte, error) {
 	if e := w.keys[p]; e.held {
 		return e.value, nil
 	} else if e.spool != "" {
-		return w.readFile(w.stream.name + "/" + e.spool)
+		name := w.stream.spooled(p, e)
+		if name == "" {
+			return nil, fmt.Errorf("the value written for %s is gone with its object", p)
+		}
+		return w.readFile(name)
 	}
 	return w.readLive(p)
 }
