@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -259,4 +261,139 @@ func TestAtomicChangeDoesNotWaitForTheSpoolRemoval(t *testing.T) {
 		t.Fatal("Apply waited for the spool's removal")
 	}
 	assertTree(t, "visible", visible(t, dir), tree{"a": "A2"})
+}
+
+// streamWith applies b as a streamed full batch in pages of page keys, telling the stream
+// expect keys (none if 0).
+func streamWith(t *testing.T, w *Writer, b Batch, page, expect int) Result {
+	t.Helper()
+	s, err := w.BeginFull(b.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if expect > 0 {
+		s.Expect(expect)
+	}
+	for c := range slices.Chunk(b.Changes, page) {
+		if err := s.Add(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := s.Commit()
+	if err != nil {
+		t.Fatalf("streamed full batch (rev %d): %v", b.Revision, err)
+	}
+	return res
+}
+
+// TestStreamWideFirstSyncIsStagedBucketed: a streamed first sync of more than bucketAbove flat
+// keys writes each value straight into its bucket's object, which the stage adopts (each
+// file has one link when staged), and goes live bucketed with no switch; a streamed resync
+// down to a few names then ends flat, every name reachable throughout.
+func TestStreamWideFirstSyncIsStagedBucketed(t *testing.T) {
+	want := tree{"sub/x": "X", "sub/deeper/y": "Y"}
+	for i := range 600 {
+		want[fmt.Sprintf("k%03d", i)] = fmt.Sprint("v", i)
+	}
+	w, dir := open(t, Atomic)
+	switches, files := 0, 0
+	w.step = func(step string) {
+		switch step {
+		case "switch-staged":
+			switches++
+		case "staged":
+			filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() || filepath.Base(name) == lockName {
+					return err
+				}
+				fi, err := os.Lstat(name)
+				if err != nil {
+					return err
+				}
+				files++
+				if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+					t.Errorf("%s has %d links: not written in place", name, n)
+				}
+				return nil
+			})
+		}
+	}
+	b := full(1, want)
+	streamWith(t, w, b, 100, len(b.Changes))
+	w.step = nil
+	if switches != 0 {
+		t.Errorf("the streamed first sync switched forms %d times, want none", switches)
+	}
+	if files != len(want) {
+		t.Errorf("%d files staged, want %d", files, len(want))
+	}
+	if !w.bucketed {
+		t.Error("a first sync of 601 top-level names is flat")
+	}
+	assertTree(t, "visible", visible(t, dir), want)
+	assertFiles(t, w, want)
+	assertNoSpool(t, w, dir)
+	if target, err := os.Readlink(filepath.Join(dir, "k007")); err != nil || target != "..data/"+bucketDir("k007")+"/k007" {
+		t.Errorf("k007 -> %q, %v; want a link into its bucket", target, err)
+	}
+
+	few := tree{"k001": "changed", "k002": "v2", "sub/x": "X2", "new": "N"}
+	b = full(2, few)
+	streamWith(t, w, b, 2, len(b.Changes))
+	if w.bucketed {
+		t.Error("a resync down to 4 top-level names left the top level bucketed")
+	}
+	assertTree(t, "visible after the resync", visible(t, dir), few)
+	assertFiles(t, w, few)
+	if target, err := os.Readlink(filepath.Join(dir, "new")); err != nil || target != "..data/new" {
+		t.Errorf("new -> %q, %v; want a flat link", target, err)
+	}
+	w.waitPrune()
+	assertNoSpool(t, w, dir)
+}
+
+// TestStreamWrongFormGuessConverges: the form a streamed first sync guesses from its first
+// page can be wrong (no key count given, or one that overstates the batch): the version goes
+// live in the guessed form and is switched after, every name reachable.
+func TestStreamWrongFormGuessConverges(t *testing.T) {
+	wide := tree{}
+	for i := range 300 {
+		wide[fmt.Sprintf("k%03d", i)] = fmt.Sprint("v", i)
+	}
+	narrow := tree{"a": "A", "b/c": "C", "d": "D"}
+	for _, tc := range []struct {
+		name         string
+		want         tree
+		expect       int
+		wantBucketed bool
+	}{
+		{"guessed flat, is wide", wide, 0, true},
+		{"guessed bucketed, is narrow", narrow, 100000, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, dir := open(t, Atomic)
+			switches := 0
+			w.step = func(step string) {
+				if step == "switch-staged" {
+					switches++
+				}
+			}
+			streamWith(t, w, full(1, tc.want), 2, tc.expect)
+			w.step = nil
+			if switches != 1 {
+				t.Errorf("%d switches, want 1 (the guess was wrong)", switches)
+			}
+			if w.bucketed != tc.wantBucketed {
+				t.Errorf("bucketed: %v, want %v", w.bucketed, tc.wantBucketed)
+			}
+			assertTree(t, "visible", visible(t, dir), tc.want)
+			assertFiles(t, w, tc.want)
+			// A change after it costs what it costs in that form, and stays visible.
+			tc.want["a"] = "changed"
+			mustApply(t, w, batch(2, put("a", "changed")))
+			assertTree(t, "visible after a change", visible(t, dir), tc.want)
+			w.waitPrune()
+			assertNoSpool(t, w, dir)
+		})
+	}
 }
