@@ -129,3 +129,23 @@ func BenchmarkFullSyncFlat10000(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkFullSyncStreamedFlat10000 is BenchmarkFullSyncFlat10000 streamed in pages of 500:
+// each value is written into its bucket's object as it arrives.
+func BenchmarkFullSyncStreamedFlat10000(b *testing.B) {
+	full := flatBatch(10000, 1024)
+	b.SetBytes(int64(len(full.Changes) * 1024))
+	for b.Loop() {
+		b.StopTimer()
+		dir := filepath.Join(b.TempDir(), "target")
+		w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+		b.StartTimer()
+		res, err := applyStreamHolding(b, w, full, 500, holdMax)
+		if err != nil || res.Written != 10000 || !w.bucketed {
+			b.Fatalf("Result = %+v, %v, bucketed %v", res, err, w.bucketed)
+		}
+		b.StopTimer()
+		w.Close()
+		b.StartTimer()
+	}
+}
