@@ -24,8 +24,9 @@ import (
 // what one Apply does and makes no spool.
 //
 // Where the values go: with the Atomic layout (and no Check), straight into their final
-// place, the new version's object of their directory, created as the first value for it
-// arrives and not reachable from ..data until the swap; a top-level key's link is made at
+// place, the new version's object of their directory (in the form the stage will use: with
+// a bucketed top level, the object of ..X/..Y/..Z/... ; see chooseForm), created as the first
+// value for it arrives and not reachable from ..data until the swap; a top-level key's link is made at
 // once too, dangling until then, as linkNew makes them. Commit then has little left to do
 // (the stage adopts these objects), and nothing is left to remove. Otherwise (the Plain
 // layout, or a Check, whose refusal must not lose the values) they go into a spool directory
