@@ -62,14 +62,14 @@ type Stream struct {
 	// needs in place any more (a key given twice, or removed), unlinked before the stage.
 	objs    map[string]*streamObject
 	top     *os.File
+	stale   []string
+	relinks bool // a key whose link the stream made was removed: check every link at Commit
 	// The form the values are placed in (bucket.go), decided at the first page: the live
 	// form, or for a first version the one its estimated width asks for (Commit stages in
 	// it, and switches after if the real width asks for the other).
 	bucketed bool
 	formSet  bool
 	expect   int // the batch's key count (Expect), 0 if unknown
-	stale   []string
-	relinks bool // a key whose link the stream made was removed: check every link at Commit
 
 	// The model before BeginFull, restored by Abort.
 	keys  map[string]*entry
