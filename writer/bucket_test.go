@@ -354,21 +354,29 @@ func TestStreamWideFirstSyncIsStagedBucketed(t *testing.T) {
 
 // TestStreamWrongFormGuessConverges: the form a streamed first sync guesses from its first
 // page can be wrong (no key count given, or one that overstates the batch): the version goes
-// live in the guessed form and is switched after, every name reachable.
+// live in the guessed form and is switched after, every name reachable. Many keys under few
+// names are guessed flat, with no switch.
 func TestStreamWrongFormGuessConverges(t *testing.T) {
 	wide := tree{}
 	for i := range 300 {
 		wide[fmt.Sprintf("k%03d", i)] = fmt.Sprint("v", i)
 	}
 	narrow := tree{"a": "A", "b/c": "C", "d": "D"}
+	nested := tree{"a": "A"}
+	for i := range 600 {
+		nested[fmt.Sprintf("app/k%03d", i)] = fmt.Sprint("v", i)
+	}
 	for _, tc := range []struct {
 		name         string
 		want         tree
 		expect       int
+		switches     int
 		wantBucketed bool
 	}{
-		{"guessed flat, is wide", wide, 0, true},
-		{"guessed bucketed, is narrow", narrow, 100000, false},
+		{"guessed flat, is wide", wide, 0, 1, true},
+		{"guessed bucketed, is narrow", narrow, 100000, 1, false},
+		// Many keys under few names: the first page shows few names, so flat at once.
+		{"many keys, few names", nested, len(nested), 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, dir := open(t, Atomic)
@@ -378,10 +386,10 @@ func TestStreamWrongFormGuessConverges(t *testing.T) {
 					switches++
 				}
 			}
-			streamWith(t, w, full(1, tc.want), 2, tc.expect)
+			streamWith(t, w, full(1, tc.want), 50, tc.expect)
 			w.step = nil
-			if switches != 1 {
-				t.Errorf("%d switches, want 1 (the guess was wrong)", switches)
+			if switches != tc.switches {
+				t.Errorf("%d switches, want %d", switches, tc.switches)
 			}
 			if w.bucketed != tc.wantBucketed {
 				t.Errorf("bucketed: %v, want %v", w.bucketed, tc.wantBucketed)
