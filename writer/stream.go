@@ -359,6 +359,9 @@ func (s *Stream) Add(changes []Change) error {
 // correctness.
 func (s *Stream) chooseForm(page []Change) {
 	w := s.w
+	if len(page) == 0 {
+		return // nothing to estimate from yet, and nothing to place
+	}
 	s.formSet = true
 	if w.version != "" {
 		s.bucketed = w.bucketed
@@ -373,7 +376,7 @@ func (s *Stream) chooseForm(page []Change) {
 		tops[top] = struct{}{}
 	}
 	estimate := len(tops)
-	if n := len(page); n > 0 && s.expect > n {
+	if n := len(page); s.expect > n {
 		estimate = int(int64(len(tops)) * int64(s.expect) / int64(n))
 	}
 	s.bucketed = estimate > w.bucketAbove
