@@ -476,7 +476,7 @@ func (w *Writer) finish(revision int64, res *Result) error {
 		return fmt.Errorf("applying revision %d: %w", revision, err)
 	}
 	w.forget()
-	clear(w.dirty)
+	w.clearDirty()
 	for _, p := range w.obstructed {
 		w.dirty[p] = struct{}{}
 	}
@@ -488,6 +488,17 @@ func (w *Writer) finish(revision int64, res *Result) error {
 		w.log.Debug("batch changed nothing", "revision", revision, "skipped", res.Skipped)
 	}
 	return nil
+}
+
+// clearDirty empties the dirty set. A map keeps the room it once needed, and ranging over it
+// or clearing it costs that room: after a full batch, every later change would pay for every
+// key. So a set that held many paths is dropped for a new one.
+func (w *Writer) clearDirty() {
+	if len(w.dirty) > 1024 {
+		w.dirty = make(map[string]struct{})
+		return
+	}
+	clear(w.dirty)
 }
 
 // ensureTarget is step 0: it opens the target again if it was removed or replaced. Only a
