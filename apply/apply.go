@@ -248,6 +248,7 @@ func (p *Pipeline) stream(ctx context.Context, b source.Batch) (res writer.Resul
 	if err != nil {
 		return res, nil, err
 	}
+	st.Expect(b.Keys)
 	var all []render.Change
 	for page := b.Changes; ; {
 		if err := st.Add(p.kept(page)); err != nil {

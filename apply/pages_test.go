@@ -80,3 +80,40 @@ func TestPagedSnapshotAppliesWholeAndAFailedPageChangesNothing(t *testing.T) {
 		t.Errorf("calls %s, want start, then one signal (the failed page sends nothing)", got)
 	}
 }
+
+// A first start whose snapshot fails halfway (etcd lost after some pages were written, their
+// top-level names linked) leaves the target exactly as it was, and starts nothing.
+func TestStartWhoseSnapshotFailsHalfwayLeavesTheTargetAsItWas(t *testing.T) {
+	p, child, cfg := setup(t, nil)
+	before := targetListing(t, cfg.Target)
+	err := p.Apply(context.Background(), paged(batch(5, true, "a", "1", "b", "2", "c/d", "3", "e", "4"), 4))
+	if !errors.Is(err, errEtcd) {
+		t.Fatalf("Apply returned %v, want etcd's error", err)
+	}
+	if after := targetListing(t, cfg.Target); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Errorf("the target after the failed start:\n%s\nbefore it:\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+	}
+	if calls := child.Calls(); len(calls) != 0 {
+		t.Errorf("calls %v, want none", calls)
+	}
+}
+
+// targetListing is every entry of dir, with its symlink target.
+func targetListing(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if target, err := os.Readlink(name); err == nil {
+			name += " -> " + target
+		}
+		out = append(out, name)
+		return nil
+	})
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -29,6 +29,14 @@ func walk(dir, rel string, files map[string][]byte) error {
 		return err
 	}
 	for _, de := range entries {
+		if rel == "" && isBucket(de.Name()) {
+			// A wide top level keeps its names in buckets inside a version
+			// (..X/..Y/..Z/NAME); no key starts with "..", so only the writer makes them.
+			if err := walk(filepath.Join(dir, de.Name()), rel, files); err != nil {
+				return err
+			}
+			continue
+		}
 		if strings.HasPrefix(de.Name(), "..") {
 			continue
 		}
@@ -51,4 +59,9 @@ func walk(dir, rel string, files map[string][]byte) error {
 		}
 	}
 	return nil
+}
+
+// isBucket reports whether name is one of the writer's buckets ("..0" to "..7").
+func isBucket(name string) bool {
+	return len(name) == 3 && name[:2] == ".." && name[2] >= '0' && name[2] <= '7'
 }

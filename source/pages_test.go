@@ -12,6 +12,7 @@ import (
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestSnapshotStreamsPagesAndAFailedPageConverges runs the source with one key per page. The
@@ -139,5 +140,46 @@ func TestSnapshotPagesShrinkWithBigValues(t *testing.T) {
 	if len(b.Changes) != firstPage || biggest > 32 || pages < 7 {
 		t.Errorf("%d pages, the first of %d keys, later ones up to %d keys of 16 KiB: want %d, then about 512 KiB a page",
 			pages, len(b.Changes), biggest, firstPage)
+	}
+}
+
+// TestSnapshotPagesGrowWithSmallValues: with small values a page holds thousands of keys, not
+// a fixed few hundred: each page costs etcd a walk over the rest of the range (it counts what
+// remains), so 50000 keys in pages of 500 cost 100 round trips and a quadratic amount of work.
+func TestSnapshotPagesGrowWithSmallValues(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	ctx := context.Background()
+	for i := 0; i < 6000; i += 128 {
+		var ops []clientv3.Op
+		for j := i; j < min(6000, i+128); j++ {
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/app/k%05d", j), "0123456789"))
+		}
+		if _, err := c.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := New(Options{Client: c, Prefix: "/app"})
+	b, pg, err := s.snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := 1
+	for {
+		page, err := b.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if page == nil {
+			break
+		}
+		pages++
+	}
+	if pg.keys != 6000 || b.Keys != 6000 {
+		t.Fatalf("read %d keys, the batch announced %d, want 6000", pg.keys, b.Keys)
+	}
+	if pages > 3 {
+		t.Errorf("6000 keys of 10 bytes came in %d pages, want at most 3 (the first of %d keys, then thousands a page)",
+			pages, firstPage)
 	}
 }

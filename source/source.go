@@ -67,6 +67,9 @@ type Batch struct {
 	// applies the batch (Collect reads them all into Changes); an error from Next is etcd's,
 	// and the batch must not be applied.
 	Next func(ctx context.Context) ([]Change, error)
+	// Keys is, for a Full batch read page by page, how many keys the snapshot holds (etcd's
+	// count at its revision), so that the consumer can size its tables once.
+	Keys int
 }
 
 // Collect reads the remaining pages of b into Changes, for an ApplyFunc that needs the whole
@@ -138,8 +141,8 @@ type Options struct {
 	// Prefix is the etcd key prefix. It is a directory boundary: "/app" and
 	// "/app/" both mirror the keys under "/app/", never "/app2".
 	Prefix string
-	// PageSize is the most keys per Get page of a snapshot (default 500); with big values a
-	// page has fewer, about 512 KiB.
+	// PageSize is the most keys per Get page (default 5000); a snapshot's pages hold about
+	// 512 KiB, so with values over about 40 bytes they have fewer keys.
 	PageSize int64
 	// CheckInterval is how often a linearizable keys-only listing of the prefix
 	// checks that etcd still holds the history that was applied (default 30s).
@@ -228,7 +231,9 @@ func (s *Source) LastError() error {
 // New returns a Source for the given options.
 func New(opts Options) *Source {
 	if opts.PageSize <= 0 {
-		opts.PageSize = 500
+		// Big pages: etcd walks the rest of the range for each page (to count it), so small
+		// pages make a big prefix cost a quadratic amount of work and many round trips.
+		opts.PageSize = 5000
 	}
 	if opts.CheckInterval <= 0 {
 		opts.CheckInterval = 30 * time.Second
@@ -581,26 +586,32 @@ func (s *Source) Snapshot(ctx context.Context) (Batch, error) {
 // a Full batch whose Next reads the later pages at R.
 func (s *Source) snapshot(ctx context.Context) (Batch, *pager, error) {
 	from, end := s.keyRange()
-	pg := &pager{s: s, end: end, model: map[string]keyRevs{}}
+	pg := &pager{s: s, end: end}
 	resp, err := pg.get(ctx, from, min(s.opts.PageSize, firstPage))
 	if err != nil {
 		return Batch{}, nil, err
 	}
+	pg.model = make(map[string]keyRevs, max(resp.Count, 0))
 	pg.rev = resp.Header.Revision
 	s.noteHeader(resp.Header.ClusterId, resp.Header.RaftTerm)
 	s.obs.EtcdRevision(resp.Header.Revision)
 	pg.member = resp.Header.MemberId
-	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next}
+	b := Batch{Revision: pg.rev, Full: true, Changes: pg.page(ctx, resp), Next: pg.next, Keys: int(resp.Count)}
 	return b, pg, nil
 }
 
 // A snapshot's first page has at most firstPage keys; later pages are sized from the keys
 // seen so far to about pageBytes (at most PageSize keys), so that the pages in flight hold
-// about the same memory whatever the size of the values.
+// about the same memory whatever the size of the values. Each key counts keyOverhead bytes
+// besides its key and value: the structures that hold it (a page of tiny values is not free).
 const (
-	firstPage = 100
-	pageBytes = 512 << 10
+	firstPage   = 100
+	pageBytes   = 512 << 10
+	keyOverhead = 64
 )
+
+// listPage is the most keys per page of a listing (list), as before snapshots had bigger pages.
+const listPage = 500
 
 // pager reads a snapshot one page ahead of its consumer, at one revision.
 type pager struct {
@@ -611,7 +622,7 @@ type pager struct {
 	ahead  chan pageResult // the next page, being read; nil once the last was handed out
 	keys   int
 	model  map[string]keyRevs // of the keys read so far: the source's model once applied
-	bytes  int                // of the keys and values so far
+	bytes  int                // of the keys and values so far, keyOverhead each included
 	err    error              // the read that failed
 }
 
@@ -635,7 +646,7 @@ func (pg *pager) page(ctx context.Context, resp *clientv3.GetResponse) []Change 
 	for i, kv := range resp.Kvs {
 		changes[i] = Change{Key: string(kv.Key[len(pg.s.prefix):]), Value: kv.Value}
 		pg.model[changes[i].Key] = keyRevs{kv.CreateRevision, kv.ModRevision}
-		pg.bytes += len(kv.Key) + len(kv.Value)
+		pg.bytes += len(kv.Key) + len(kv.Value) + keyOverhead
 	}
 	pg.keys += len(changes)
 	if !resp.More || len(resp.Kvs) == 0 {
@@ -680,7 +691,7 @@ func (s *Source) list(ctx context.Context, rev int64, keysOnly bool, each func(*
 	from, end := s.keyRange()
 	var header *etcdserverpb.ResponseHeader
 	for {
-		resp, err := s.readPage(ctx, from, end, s.opts.PageSize, rev, keysOnly)
+		resp, err := s.readPage(ctx, from, end, min(s.opts.PageSize, listPage), rev, keysOnly)
 		if err != nil {
 			return nil, err
 		}

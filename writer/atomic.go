@@ -38,16 +38,20 @@ var versionName = regexp.MustCompile(`^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.
 // every other directory is shared with the previous version by its symlink, and unchanged
 // files in a new object are hard links. So a change costs the width of the directories on its
 // paths, not the size of the tree. Objects are never modified once ..data can reach them.
+// A wide top level is bucketed (bucket.go), so that its width does not count either: the
+// tree paths below are then ..X/..Y/..Z/NAME/..., while w.live and the caller see key paths.
 //
 // Nested symlinks bound the depth: Linux follows at most 40 symlinks in one path lookup, and
 // a path through the top-level link, ..data and one symlink per level must stay below that
-// (maxDepth).
+// (maxDepth); the three bucket levels fit in the margin (3 + 32 + 2 < 40).
 
 // openAtomic cleans what a crash can leave (..data_tmp, objects ..data does not reach) and
 // loads the live version. Top-level links are checked at the next Apply.
 func (w *Writer) openAtomic() error {
-	if err := w.removeOurLink(dataLinkTmp); err != nil {
-		return err
+	for _, tmp := range []string{dataLinkTmp, linkTmp} {
+		if err := w.removeOurLink(tmp); err != nil {
+			return err
+		}
 	}
 	target, err := w.root.Readlink(dataLink)
 	switch {
@@ -69,9 +73,13 @@ func (w *Writer) openAtomic() error {
 	}
 	w.relink = true
 	if w.version != "" {
+		if err := w.loadForm(); err != nil {
+			return fmt.Errorf("writer: loading version %s: %w", w.version, err)
+		}
 		if err := w.loadDir("", w.version, map[string]bool{}); err != nil {
 			return fmt.Errorf("writer: loading version %s: %w", w.version, err)
 		}
+		w.tops = len(w.liveTops())
 	}
 	if w.rebuild {
 		// Junk or wrong directory modes: every file is written again into new objects.
@@ -80,6 +88,26 @@ func (w *Writer) openAtomic() error {
 		}
 	}
 	return w.pruneObjects()
+}
+
+// loadForm finds the form of the live root: bucketed if it holds buckets, and mixed if it
+// holds top-level names too (a switch was cut short; the names are then ignored, the buckets
+// hold the same tree).
+func (w *Writer) loadForm() error {
+	names, err := readDirNames(w.root, w.version)
+	if err != nil {
+		return err
+	}
+	flat := false
+	for _, name := range names {
+		if isBucketName(name) {
+			w.bucketed = true
+		} else {
+			flat = true
+		}
+	}
+	w.mixed = w.bucketed && flat
+	return nil
 }
 
 // loadDir hashes the files of the live object obj, directory dir of the tree, and loads its
@@ -102,7 +130,10 @@ func (w *Writer) loadDir(dir, obj string, seen map[string]bool) error {
 	}
 	for _, name := range names {
 		rel, inObj := path.Join(dir, name), obj+"/"+name
-		if checkKey(rel) != nil {
+		if w.mixed && dir == "" && !isBucketName(name) {
+			continue // the flat half of a mixed root
+		}
+		if !w.inForm(rel) {
 			w.rebuild = true
 			continue
 		}
@@ -131,14 +162,16 @@ func (w *Writer) loadDir(dir, obj string, seen map[string]bool) error {
 			if err := w.loadDir(rel, inObj, seen); err != nil {
 				return err
 			}
+		case fi.Mode().IsRegular() && keyOf(rel) == "":
+			w.rebuild = true // a file where a bucket belongs
 		case fi.Mode().IsRegular():
 			sum, err := w.hashFile(inObj)
 			if err != nil {
 				return err
 			}
-			w.live[rel] = sum
+			w.live[keyOf(rel)] = sum
 			if w.wrongOwnerOrMode(fi, w.opts.Mode) {
-				w.fix[rel] = true
+				w.fix[keyOf(rel)] = true
 			}
 		default:
 			w.rebuild = true
@@ -158,7 +191,9 @@ func (w *Writer) pruneObjects() error {
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
+	others := false
 	for _, name := range names {
+		others = others || !strings.HasPrefix(name, "..")
 		if !versionName.MatchString(name) || keep[name] {
 			continue
 		}
@@ -170,24 +205,38 @@ func (w *Writer) pruneObjects() error {
 		}
 		w.log.Debug("removed a stale version directory", "version", name)
 	}
+	if !others && w.version == "" {
+		w.relink = false // no link to check: the first batch links its names as new ones
+	}
 	return nil
 }
 
-// applyAtomic is steps 4 to 10 of Apply for the Atomic layout.
+// applyAtomic is steps 4 to 11 of Apply for the Atomic layout.
 func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
+	w.waitPrune()
 	res.Written, res.Removed = len(write), len(remove)
-	if len(write) == 0 && len(remove) == 0 && !w.rebuild && w.version != "" {
-		if w.relink {
-			names, err := readDirNames(w.root, w.version)
-			if err != nil {
-				return err
-			}
-			res.Changed = w.relinkAll(setOf(names))
+	tops := w.topsAfter(write, remove)
+	bucketed := w.wantBucketed(tops)
+	if w.version == "" {
+		w.bucketed = bucketed // nothing live: the first version takes its form at once
+		if s := w.stream; s != nil && s.formSet {
+			// Its values are placed in the stream's form already: stage in it, and switch
+			// after the swap if the real width asks for the other.
+			w.bucketed = s.bucketed
 		}
+	}
+	if len(write) == 0 && len(remove) == 0 && !w.rebuild && !w.mixed && w.version != "" {
+		if w.relink {
+			res.Changed = w.relinkAll(w.liveTops())
+		}
+		w.switchIf(bucketed)
 		return nil
 	}
 
 	st, err := w.stage(write, remove)
+	if isNoSpace(err) {
+		w.waitSweep() // a streamed start's spool, still being removed
+	}
 	if isNoSpace(err) && len(w.retired) > 0 {
 		// The previous version is kept only for readers still inside it; a version that
 		// cannot go live helps nobody. Make room and try again at once.
@@ -203,7 +252,7 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	staged := st.objs[""]
 	w.marked("staged")
 	if w.opts.Check != nil {
-		if err := w.opts.Check(filepath.Join(w.absDir, staged)); err != nil {
+		if err := w.check(staged); err != nil {
 			w.removeObjects(slices.Collect(maps.Values(st.objs)))
 			return fmt.Errorf("check of the staged version %s: %w", staged, err)
 		}
@@ -213,7 +262,11 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 		return err
 	}
 	w.marked("synced")
-	linked := w.linkNew(st.oldTop, st.newTop)
+	newTop := st.newTop
+	if w.relink {
+		newTop = w.desiredTops()
+	}
+	linked := w.linkNew(st.oldTop, newTop)
 	w.marked("linked")
 	if err := w.swap(staged); err != nil {
 		for _, name := range linked {
@@ -226,29 +279,100 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 
 	// The new version is live: what follows is logged and retried, not returned, since the
 	// caller must learn that the files changed.
-	res.Changed = true
+	res.Changed = res.Changed || len(write) > 0 || len(remove) > 0 || w.rebuild
 	stale := w.rebuild || len(w.fix) > 0
-	retired := w.publish(st, write, remove)
+	retired := append(w.publish(st, write, remove), w.otherHalf...)
+	w.tops, w.mixed, w.otherHalf = tops, false, nil
 	if err := w.syncDir("."); err != nil {
 		w.log.Error("the swap may not survive a crash", "error", err)
 	}
 	w.marked("dir-synced")
 	if w.relink {
-		w.relinkAll(st.newTop)
+		res.Changed = w.relinkAll(newTop) || res.Changed
 	} else {
 		w.unlinkGone(st.oldTop, st.newTop)
 	}
 	w.marked("unlinked")
-	w.removeObjects(w.retired)
+	gone := w.retired
 	w.retired = retired
 	if stale {
 		// The old version has modes or owners Options no longer ask for (a tighter --mode):
-		// it goes now rather than stay readable beside the new one.
-		w.removeObjects(w.retired)
-		w.retired = nil
+		// it goes now, before Apply returns, rather than stay readable beside the new one.
+		w.removeObjects(append(gone, w.retired...))
+		gone, w.retired = nil, nil
+	}
+	w.switchIf(bucketed)
+	w.prune(gone)
+	if w.step != nil {
+		w.waitPrune() // the crash tests copy the target at each step: let it hold still
 	}
 	w.marked("pruned")
 	return nil
+}
+
+// switchIf switches the top level to the bucketed form or back (switchForm) when its width
+// asks for it. A failure is logged; the next Apply tries again.
+func (w *Writer) switchIf(bucketed bool) {
+	if bucketed == w.bucketed {
+		return
+	}
+	if err := w.switchForm(bucketed); err != nil {
+		w.log.Error("cannot switch the form of the top level; the next change tries again",
+			"bucketed", bucketed, "error", err)
+	}
+}
+
+// prune removes objects no version still reachable needs, in the background: their removal
+// costs their width, and the caller is waiting to signal. The next Apply, Open or Close waits
+// for it (waitPrune), so a full disk is never blamed on objects still being removed.
+func (w *Writer) prune(objs []string) {
+	if len(objs) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	w.pruning = done
+	root, log := w.root, w.log
+	go func() {
+		defer close(done)
+		for _, obj := range objs {
+			if err := root.RemoveAll(obj); err != nil {
+				log.Error("cannot remove an old version directory", "version", obj, "error", err)
+			}
+		}
+	}()
+}
+
+// waitPrune waits for the objects prune is removing.
+func (w *Writer) waitPrune() {
+	if w.pruning != nil {
+		<-w.pruning
+		w.pruning = nil
+	}
+}
+
+// check runs Options.Check on the staged root. With a bucketed top level, the check gets a
+// directory where the top-level names resolve: a temporary object of symlinks into the staged
+// version, made for the check only (it costs the width of the top level) and removed after.
+func (w *Writer) check(staged string) error {
+	if !w.bucketed {
+		return w.opts.Check(filepath.Join(w.absDir, staged))
+	}
+	dir, err := w.newVersionDir()
+	if err != nil {
+		return err
+	}
+	defer w.removeObjects([]string{dir})
+	d, err := w.root.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for name := range w.desiredTops() {
+		if err := unix.Symlinkat("../"+staged+"/"+bucketDir(name)+"/"+name, int(d.Fd()), name); err != nil {
+			return fmt.Errorf("linking %s for the check: %w", name, err)
+		}
+	}
+	return w.opts.Check(filepath.Join(w.absDir, dir))
 }
 
 // publish records the staged version as live and returns the objects only the previous
@@ -279,6 +403,7 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 
 // staging is a new version being built: an object for each directory on a changed path.
 type staging struct {
+	top            *os.File          // the target directory, open
 	edited         map[string]bool   // the directories on changed paths, "" included
 	objs           map[string]string // directory -> its new object; missing: the directory is gone
 	oldTop, newTop map[string]bool   // top-level names before and after
@@ -290,8 +415,13 @@ type staging struct {
 // new object or, when nothing changed below it, to its live one. A directory left empty is
 // dropped. On error nothing of it is left.
 func (w *Writer) stage(write, remove []string) (st *staging, err error) {
-	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{}}
+	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{},
+		oldTop: map[string]bool{}, newTop: map[string]bool{}}
+	if st.top, err = w.root.Open("."); err != nil {
+		return st, err
+	}
 	defer func() {
+		st.top.Close()
 		if err != nil {
 			w.removeObjects(slices.Collect(maps.Values(st.objs)))
 		}
@@ -306,6 +436,7 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		}
 	}
 	mark := func(p string, written bool) {
+		p = w.treePath(p)
 		d := parentDir(p)
 		if files[d] == nil {
 			files[d] = map[string]bool{}
@@ -339,8 +470,11 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		if err != nil {
 			return st, err
 		}
-		if d == "" {
-			st.oldTop = boolKeys(entries)
+		top := w.isTopDir(d)
+		if top {
+			for name := range entries {
+				st.oldTop[name] = true
+			}
 		}
 		for name, written := range files[d] {
 			if !written {
@@ -359,8 +493,10 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 				entries[name] = false
 			}
 		}
-		if d == "" {
-			st.newTop = boolKeys(entries)
+		if top {
+			for name := range entries {
+				st.newTop[name] = true
+			}
 		}
 		if d == "" || len(entries) > 0 {
 			o, err := w.newObject(st, d, entries, files[d])
@@ -395,8 +531,12 @@ func (w *Writer) entries(d string) (map[string]bool, error) {
 		return nil, err
 	}
 	for _, name := range names {
-		_, isDir := w.dirObj[path.Join(d, name)]
-		if _, isFile := w.live[path.Join(d, name)]; isFile || isDir {
+		if d == "" && w.bucketed != isBucketName(name) {
+			continue // the other half of a mixed root
+		}
+		tp := path.Join(d, name)
+		_, isDir := w.dirObj[tp]
+		if _, isFile := w.live[keyOf(tp)]; isFile || isDir {
 			entries[name] = isDir
 		}
 	}
@@ -420,15 +560,12 @@ func (o *object) close() {
 
 // newObject creates the empty object of directory d and opens it, with its live object.
 func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
-	name, err := w.newVersionDir()
+	name, to, err := w.stagedObject(st.top, d) // a streamed full batch may have made it, with its new files
 	if err != nil {
 		return nil, err
 	}
 	st.objs[d] = name
-	o := &object{dir: d, name: name, entries: entries, written: written}
-	if o.to, err = w.root.Open(name); err != nil {
-		return nil, err
-	}
+	o := &object{dir: d, name: name, to: to, entries: entries, written: written}
 	if old, ok := w.dirObj[d]; ok {
 		if o.from, err = w.root.Open(old); err != nil {
 			o.to.Close()
@@ -500,11 +637,11 @@ func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 		if err := unix.Symlinkat("../"+child, to, name); err != nil {
 			return fmt.Errorf("linking %s in %s: %w", name, o.name, err)
 		}
-	case o.written[name] && w.linkSpooled(p, to, name):
+	case o.written[name] && w.linkSpooled(keyOf(p), to, name):
 		// Written already while a streamed full batch arrived.
 	case o.written[name] || o.from == nil || unix.Linkat(int(o.from.Fd()), name, to, name, 0) != nil:
 		// New or changed content (or a hard link that failed: too many links...).
-		data, err := w.content(p)
+		data, err := w.content(keyOf(p))
 		if err != nil {
 			return fmt.Errorf("staging %s: %w", p, err)
 		}
@@ -532,6 +669,40 @@ func (w *Writer) newVersionDir() (string, error) {
 	}
 }
 
+// makeObject creates an empty directory object named after the current time, unique, and
+// opens it. It works on the target's open descriptor top (mkdirat, openat, fchmod): os.Root's
+// checked walks cost several system calls each, which counted when a first sync makes
+// hundreds of bucket objects. The name has no slash, and O_NOFOLLOW opens only what we made.
+func (w *Writer) makeObject(top *os.File) (string, *os.File, error) {
+	for t := time.Now().UTC(); ; t = t.Add(time.Nanosecond) {
+		name := t.Format(versionLayout)
+		err := unix.Mkdirat(int(top.Fd()), name, uint32(w.dirMode))
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("creating directory %s: %w", name, err)
+		}
+		fd, err := unix.Openat(int(top.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
+			return "", nil, fmt.Errorf("opening directory %s: %w", name, err)
+		}
+		f := os.NewFile(uintptr(fd), name)
+		err = f.Chmod(w.dirMode) // despite the umask
+		if err == nil {
+			err = chown(func(string) (os.FileInfo, error) { return f.Stat() },
+				func(_ string, uid, gid int) error { return f.Chown(uid, gid) }, name, w.opts.UID, w.opts.GID)
+		}
+		if err != nil {
+			f.Close()
+			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
+			return "", nil, fmt.Errorf("setting mode or owner of %s: %w", name, err)
+		}
+		return name, f, nil
+	}
+}
+
 // removeObjects deletes directory objects (files and symlinks, never followed).
 func (w *Writer) removeObjects(objs []string) {
 	for _, obj := range objs {
@@ -555,22 +726,6 @@ func depth(d string) int {
 		return 0
 	}
 	return strings.Count(d, "/") + 1
-}
-
-func setOf(names []string) map[string]bool {
-	s := make(map[string]bool, len(names))
-	for _, n := range names {
-		s[n] = true
-	}
-	return s
-}
-
-func boolKeys(m map[string]bool) map[string]bool {
-	s := make(map[string]bool, len(m))
-	for k := range m {
-		s[k] = true
-	}
-	return s
 }
 
 // discard removes a staged version that will not go live.
@@ -603,6 +758,12 @@ func (w *Writer) swap(staged string) error {
 func (w *Writer) linkNew(oldTop, newTop map[string]bool) (created []string) {
 	for name := range newTop {
 		if (w.relink || !oldTop[name] || w.unlinked[name]) && w.link(name) {
+			created = append(created, name)
+		}
+	}
+	// With a bucketed top level, newTop holds only the names of the buckets that changed.
+	for _, name := range slices.Collect(maps.Keys(w.unlinked)) {
+		if !newTop[name] && w.isDesiredTop(name) && w.link(name) {
 			created = append(created, name)
 		}
 	}
@@ -640,14 +801,25 @@ func (w *Writer) relinkAll(newTop map[string]bool) (changed bool) {
 	return changed
 }
 
-// link makes name -> ..data/name unless it exists. symlink(2) never replaces an existing
-// entry, so a file that is not ours is safe even if it appears meanwhile.
+// link makes name -> ..data/name (..data/..X/..Y/..Z/name when bucketed) unless it exists.
+// symlink(2) never replaces an existing entry, so a file that is not ours is safe even if it
+// appears meanwhile. Our link of the other form is re-pointed by a rename over it, so it never
+// dangles.
 func (w *Writer) link(name string) (created bool) {
 	delete(w.unlinked, name)
-	if w.isOurLink(name) {
+	if w.stream.linkedEarly(name) {
+		return true // made while the streamed full batch arrived, in the form staged
+	}
+	want := w.linkTarget(name)
+	target, err := w.root.Readlink(name)
+	if err == nil && target == want {
 		return false
 	}
-	err := w.root.Symlink(linkTarget(name), name)
+	if err == nil && isOurTarget(name, target) {
+		w.repoint(name, want) // not a new name: a failed swap must not remove it
+		return false
+	}
+	err = w.root.Symlink(want, name)
 	if err == nil {
 		return true
 	}
@@ -657,12 +829,29 @@ func (w *Writer) link(name string) (created bool) {
 		}
 		w.unlinked[name] = true
 		w.log.Error("a file that is not ours takes a top-level name; remove it or rename the key (the data is in ..data)",
-			"name", name, "data", path.Join(dataLink, name))
+			"name", name, "data", w.linkTarget(name))
 		return false
 	}
 	w.log.Error("cannot link a top-level name", "name", name, "error", err)
 	w.relink = true
 	return false
+}
+
+// repoint replaces our link name by one to target, in one rename.
+func (w *Writer) repoint(name, target string) {
+	err := w.removeOurLink(linkTmp)
+	if err == nil {
+		err = w.root.Symlink(target, linkTmp)
+	}
+	if err == nil {
+		if err = w.root.Rename(linkTmp, name); err != nil {
+			w.root.Remove(linkTmp)
+		}
+	}
+	if err != nil {
+		w.log.Error("cannot re-point a top-level link", "name", name, "error", err)
+		w.relink = true
+	}
 }
 
 // unlink removes name if it is our link; anything else is left alone.
@@ -679,14 +868,28 @@ func (w *Writer) unlink(name string) (removed bool) {
 	return true
 }
 
-// isOurLink reports whether name is a symlink to exactly ..data/name, the only top-level
-// entries we create, and so the only ones we may remove.
+// isOurLink reports whether name is a symlink to exactly ..data/name or
+// ..data/..X/..Y/..Z/name, the only top-level entries we create, and so the only ones we may
+// remove.
 func (w *Writer) isOurLink(name string) bool {
 	target, err := w.root.Readlink(name)
-	return err == nil && target == linkTarget(name)
+	return err == nil && isOurTarget(name, target)
 }
 
-func linkTarget(name string) string { return dataLink + "/" + name }
+func isOurTarget(name, target string) bool {
+	return target == dataLink+"/"+name || target == dataLink+"/"+bucketDir(name)+"/"+name
+}
+
+// linkTarget is what top-level link name points at in the live form.
+func (w *Writer) linkTarget(name string) string { return formLinkTarget(w.bucketed, name) }
+
+// formLinkTarget is what top-level link name points at in the given form.
+func formLinkTarget(bucketed bool, name string) string {
+	if bucketed {
+		return dataLink + "/" + bucketDir(name) + "/" + name
+	}
+	return dataLink + "/" + name
+}
 
 // removeOurLink removes symlink name, one of our reserved names, if it exists.
 func (w *Writer) removeOurLink(name string) error {

@@ -83,3 +83,69 @@ func BenchmarkFullSyncStreamed10000(b *testing.B) {
 		})
 	}
 }
+
+// flatBatch is n keys at the top level, as most users keep a prefix, with values of size bytes.
+func flatBatch(n, size int) Batch {
+	b := Batch{Revision: 1, Full: true}
+	value := bytes.Repeat([]byte("v"), size)
+	for i := range n {
+		b.Changes = append(b.Changes, Change{Key: fmt.Sprintf("k%05d", i), Value: value})
+	}
+	return b
+}
+
+func BenchmarkApplyOneKeyFlat(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			dir := filepath.Join(b.TempDir(), "target")
+			w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+			mustApply(b, w, flatBatch(n, 64))
+			i := 0
+			for b.Loop() {
+				i++
+				res := mustApply(b, w, batch(int64(i+1), Change{Key: "k00007", Value: fmt.Appendf(nil, "value %d", i)}))
+				if !res.Changed || res.Written != 1 {
+					b.Fatalf("Result = %+v", res)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFullSyncFlat10000 is a first sync of 10000 top-level keys of 1 KiB (bucketed).
+func BenchmarkFullSyncFlat10000(b *testing.B) {
+	full := flatBatch(10000, 1024)
+	b.SetBytes(int64(len(full.Changes) * 1024))
+	for b.Loop() {
+		b.StopTimer()
+		dir := filepath.Join(b.TempDir(), "target")
+		w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+		b.StartTimer()
+		if res := mustApply(b, w, full); res.Written != 10000 {
+			b.Fatalf("Result = %+v", res)
+		}
+		b.StopTimer()
+		w.Close()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkFullSyncStreamedFlat10000 is BenchmarkFullSyncFlat10000 streamed in pages of 500:
+// each value is written into its bucket's object as it arrives.
+func BenchmarkFullSyncStreamedFlat10000(b *testing.B) {
+	full := flatBatch(10000, 1024)
+	b.SetBytes(int64(len(full.Changes) * 1024))
+	for b.Loop() {
+		b.StopTimer()
+		dir := filepath.Join(b.TempDir(), "target")
+		w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+		b.StartTimer()
+		res, err := applyStreamHolding(b, w, full, 500, holdMax)
+		if err != nil || res.Written != 10000 || !w.bucketed {
+			b.Fatalf("Result = %+v, %v, bucketed %v", res, err, w.bucketed)
+		}
+		b.StopTimer()
+		w.Close()
+		b.StartTimer()
+	}
+}

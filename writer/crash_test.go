@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -14,6 +15,12 @@ import (
 func TestCrashAtEveryStepConverges(t *testing.T) {
 	old := tree{"a": "A1", "sub/b": "B1", "gone": "G", "dir/x": "X", "sub/deep/y": "Y", "keep/deep/k": "K"}
 	next := tree{"a": "A2", "sub/b": "B1", "new/c": "C", "sub/n": "N", "dir": "a file now", "keep/deep/k": "K"}
+	// With the writer's thresholds lowered to 8 and 6 top-level names, wide has a bucketed
+	// top level, and old and next flat ones: going from one to the other switches forms.
+	wide := tree{"a": "A3", "sub/b": "B1", "keep/deep/k": "K", "dir/x": "X2"}
+	for i := range 10 {
+		wide[fmt.Sprintf("f%d", i)] = fmt.Sprint("F", i)
+	}
 	for _, layout := range layouts {
 		for _, tc := range []struct {
 			name       string
@@ -21,16 +28,32 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 			after      tree
 			firstBatch bool
 			streamed   bool // the new tree comes as a streamed full batch, in pages
+			small      bool // thresholds of 8 and 6 top-level names for the bucketed form
 		}{
-			{"first sync", nil, old, true, false},
-			{"update", old, next, false, false},
-			{"streamed first sync", nil, old, true, true},
-			{"streamed update", old, next, false, true},
+			{"first sync", nil, old, true, false, false},
+			{"update", old, next, false, false, false},
+			{"streamed first sync", nil, old, true, true, false},
+			{"streamed update", old, next, false, true, false},
+			// New top-level names: the stream links them while it arrives, dangling until the swap.
+			{"streamed update with new names", old, withNewNames(next), false, true, false},
+			{"bucketed first sync", nil, wide, true, false, true},
+			{"switch to bucketed", old, wide, false, false, true},
+			{"switch to flat", wide, next, false, false, true},
+			{"streamed switch to bucketed", old, wide, false, true, true},
+			// Staged bucketed from its first value: no switch (checked below).
+			{"streamed bucketed first sync", nil, wide, true, true, true},
+			{"streamed switch to flat", wide, next, false, true, true},
 		} {
 			t.Run(layout.String()+"/"+tc.name, func(t *testing.T) {
 				w, dir := open(t, layout)
+				above, below := bucketAbove, flatBelow
+				if tc.small {
+					above, below = 8, 6
+				}
+				w.bucketAbove, w.flatBelow = above, below
 				if !tc.firstBatch {
 					mustApply(t, w, full(1, tc.before))
+					w.waitPrune() // the target holds still while the steps copy it
 				}
 				crashes := t.TempDir()
 				var steps []string
@@ -47,15 +70,41 @@ func TestCrashAtEveryStepConverges(t *testing.T) {
 				if len(steps) < 4 {
 					t.Fatalf("only %d steps seen", len(steps))
 				}
+				if layout == Atomic {
+					switched := slices.ContainsFunc(steps, func(s string) bool { return strings.HasSuffix(s, "-switch-relinked") })
+					if wantSwitch := tc.small && !tc.firstBatch; switched != wantSwitch {
+						t.Errorf("switched forms: %v, want %v", switched, wantSwitch)
+					}
+					if wantBucketed := tc.small && len(tc.after) > 8; w.bucketed != wantBucketed {
+						t.Errorf("bucketed: %v, want %v", w.bucketed, wantBucketed)
+					}
+				}
 				for _, snap := range steps {
 					t.Run(filepath.Base(snap), func(t *testing.T) {
 						checkCrashState(t, layout, snap, tc.before, tc.after)
-						checkRecovery(t, layout, snap, tc.after)
+						if tc.streamed && layout == Atomic && !tc.firstBatch {
+							// A restart may find the old tree in etcd again: the links
+							// the stream made for new names must not outlive it. (The
+							// Plain layout does not converge back from a crash halfway
+							// through its writes: a key that became a file stays one.)
+							back := filepath.Join(t.TempDir(), "back")
+							copyTree(t, snap, back)
+							checkRecovery(t, layout, back, tc.before, above, below)
+						}
+						checkRecovery(t, layout, snap, tc.after, above, below)
 					})
 				}
 			})
 		}
 	}
+}
+
+func withNewNames(t tree) tree {
+	n := tree{"fresh": "F", "zz": "Z"}
+	for k, v := range t {
+		n[k] = v
+	}
+	return n
 }
 
 // checkCrashState checks what a reader sees in a target left by a crash.
@@ -89,8 +138,9 @@ func checkCrashState(t *testing.T, layout Layout, dir string, before, after tree
 }
 
 // checkRecovery opens the crashed target and applies the Full batch a restart would.
-func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
+func checkRecovery(t *testing.T, layout Layout, dir string, want tree, above, below int) {
 	w := openAt(t, Options{Dir: dir, Layout: layout, UID: -1, GID: -1})
+	w.bucketAbove, w.flatBelow = above, below
 	mustApply(t, w, full(3, want))
 	assertTree(t, "after recovery", visible(t, dir), want)
 	assertFiles(t, w, want)
@@ -98,6 +148,7 @@ func checkRecovery(t *testing.T, layout Layout, dir string, want tree) {
 		_, data := dataTree(t, dir)
 		assertTree(t, "..data after recovery", data, want)
 	}
+	w.waitPrune() // the version before the previous one goes in the background
 	kept := map[string]bool{}
 	if layout == Atomic {
 		kept = reachable(t, dir)

@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -26,22 +28,71 @@ func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error)
 // no walk from the root); dirName is for errors. O_NOFOLLOW and O_EXCL: nothing there is
 // followed or reused.
 func (w *Writer) createFileAt(dir *os.File, dirName, name string, data []byte) (err error) {
-	full := dirName + "/" + name
-	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC,
+	dirFd := int(dir.Fd())
+	fd, err := unix.Openat(dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC,
 		uint32(w.opts.Mode))
 	if err != nil {
-		return fmt.Errorf("creating %s: %w", full, err)
+		return fmt.Errorf("creating %s/%s: %w", dirName, name, err)
 	}
-	f := os.NewFile(uintptr(fd), full)
-	defer func() {
-		if cerr := f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("writing %s: %w", full, cerr)
+	if !w.modeAtCreate {
+		full := dirName + "/" + name
+		f := os.NewFile(uintptr(fd), full)
+		defer func() {
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("writing %s: %w", full, cerr)
+			}
+			if err != nil {
+				unix.Unlinkat(dirFd, name, 0)
+			}
+		}()
+		return w.fillFile(f, full, data, false)
+	}
+	// The file has Mode and our owner already: three system calls, no *os.File.
+	for len(data) > 0 && err == nil {
+		var n int
+		n, err = unix.Write(fd, data)
+		switch {
+		case err == unix.EINTR:
+			err = nil
+		case err == nil && n == 0:
+			err = io.ErrShortWrite
 		}
-		if err != nil {
-			unix.Unlinkat(int(dir.Fd()), name, 0)
+		data = data[max(n, 0):]
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		unix.Unlinkat(dirFd, name, 0)
+		return fmt.Errorf("writing %s/%s: %w", dirName, name, err)
+	}
+	return nil
+}
+
+// modeAtCreate reports whether a file created with mode m gets exactly m and our owner, so
+// that nothing needs setting after open(2): no owner asked for, a umask that clears no bit of
+// m, and no default ACL on dir (which would replace the umask).
+func modeAtCreate(dir string, m os.FileMode, uid, gid int) bool {
+	if uid != -1 || gid != -1 {
+		return false
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	umask := -1
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if u, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				umask = int(u)
+			}
 		}
-	}()
-	return w.fillFile(f, full, data, false)
+	}
+	if umask < 0 || int(m.Perm())&umask != 0 {
+		return false
+	}
+	_, err = unix.Getxattr(dir, "system.posix_acl_default", nil)
+	return errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
 // createFileMode is createFile with another mode, for our own files (the manifest).
@@ -185,7 +236,7 @@ func (w *Writer) readLive(p string) ([]byte, error) {
 		if w.version == "" {
 			return nil, fmt.Errorf("reading %s: no live version", p)
 		}
-		p = path.Join(w.version, p)
+		p = path.Join(w.version, w.treePath(p))
 	} else if err := w.realDirs(p); err != nil {
 		return nil, err
 	}

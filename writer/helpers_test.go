@@ -145,7 +145,17 @@ func versionTree(t testing.TB, vdir string) tree {
 		}
 	}
 	walk(vdir, "")
-	return got
+	// A bucketed version holds NAME under ..X/..Y/..Z/NAME; a root with both forms (a
+	// switch between them) holds each name twice, and both must agree.
+	keys := tree{}
+	for p, v := range got {
+		k := keyOf(p)
+		if old, ok := keys[k]; ok && old != v {
+			t.Errorf("%s: %s holds %q, but another form holds %q", vdir, p, v, old)
+		}
+		keys[k] = v
+	}
+	return keys
 }
 
 func sums(t tree) map[string][32]byte {

@@ -26,6 +26,7 @@ func applyStreamHolding(t testing.TB, w *Writer, b Batch, page, holdMax int) (Re
 		return Result{}, err
 	}
 	s.holdMax = holdMax
+	s.Expect(len(b.Changes))
 	for c := range slices.Chunk(b.Changes, page) {
 		if err := s.Add(c); err != nil {
 			return Result{}, err
@@ -43,10 +44,23 @@ func mustStream(t testing.TB, w *Writer, b Batch, page int) Result {
 	return res
 }
 
+// streamDirs are the directories a stream writes its values into.
+func streamDirs(s *Stream) []string {
+	if !s.direct {
+		return []string{s.name}
+	}
+	var dirs []string
+	for _, o := range s.objs {
+		dirs = append(dirs, o.name)
+	}
+	return dirs
+}
+
 // assertNoSpool fails if a spool (or any other leftover but the previous version) is in dir.
 func assertNoSpool(t *testing.T, w *Writer, dir string) {
 	t.Helper()
 	w.waitSweep()
+	w.waitPrune() // the version before the previous one goes in the background
 	kept := map[string]bool{}
 	if w.opts.Layout == Atomic {
 		kept = reachable(t, dir)
@@ -72,7 +86,10 @@ func TestStreamIsOneApply(t *testing.T) {
 			ref, refDir := open(t, layout)
 			for i, want := range []tree{first, next} {
 				b := full(int64(i+1), want)
-				b.Changes = append(b.Changes, put("../evil", "x"), put("next/shadowed", "S"), put("next/shadowed/k", "K2"))
+				b.Changes = append(b.Changes, put("../evil", "x"), put("next/shadowed", "S"), put("next/shadowed/k", "K2"),
+					put("twice", "T1"), put("twice", "T2"), put("dropped", "D"), put("dir/dropped", "D"),
+					del("dropped"), del("dir/dropped"), put("top", "first"), put("top/k", "below"),
+					put("again", "1"), put("again", "2"), del("again"))
 				got := mustStream(t, w, b, 2)
 				exp := mustApply(t, ref, b)
 				if got != exp {
@@ -89,7 +106,7 @@ func TestStreamIsOneApply(t *testing.T) {
 			}
 			// The same full batch again changes nothing.
 			b := full(4, next)
-			b.Changes = append(b.Changes, put("next/shadowed", "S"))
+			b.Changes = append(b.Changes, put("next/shadowed", "S"), put("twice", "T2"), put("top", "first"), put("top/k", "below"))
 			if res := mustStream(t, w, b, 3); res.Changed {
 				t.Errorf("an unchanged streamed full batch changed something: %+v", res)
 			}
@@ -102,8 +119,10 @@ func TestStreamIsOneApply(t *testing.T) {
 	}
 }
 
-// TestStreamSpoolsOnlyPastHoldMax: a small snapshot is held in memory and makes no spool; a
-// bigger one holds its first values and spools the rest, with the same result.
+// TestStreamSpoolsOnlyPastHoldMax: with a spool (Plain), a small snapshot is held in memory and
+// makes no spool; a bigger one holds its first values and spools the rest, with the same
+// result. Written in place (Atomic), nothing is held: a held value would be written at Commit,
+// after the last page, instead of while the pages arrive.
 func TestStreamSpoolsOnlyPastHoldMax(t *testing.T) {
 	want := tree{}
 	for i := range 40 {
@@ -122,7 +141,8 @@ func TestStreamSpoolsOnlyPastHoldMax(t *testing.T) {
 				if _, err := applyStreamHolding(t, w, full(1, want), 7, hold); err != nil {
 					t.Fatal(err)
 				}
-				if hold > 4000 && spooled != 0 || hold < 4000 && spooled != 40-10 {
+				if layout == Atomic && spooled != 40 ||
+					layout == Plain && (hold > 4000 && spooled != 0 || hold < 4000 && spooled != 40-10) {
 					t.Errorf("holding %d bytes, %d values spooled", hold, spooled)
 				}
 				assertTree(t, "streamed", visible(t, dir), want)
@@ -156,17 +176,14 @@ func TestStreamFailureKeepsOldVersion(t *testing.T) {
 				if how == "abort" {
 					s.Abort()
 				} else {
-					// Let the first page reach the spool, then take the spool away.
-					s.jobs <- spoolJob{"sync", nil}
-					close(s.jobs)
-					s.wg.Wait()
-					s.jobs = nil
-					if err := os.RemoveAll(filepath.Join(dir, s.name)); err != nil {
-						t.Fatal(err)
+					// Let the first page be written, then take away where it went.
+					s.stopWorkers()
+					for _, d := range streamDirs(s) {
+						if err := os.RemoveAll(filepath.Join(dir, d)); err != nil {
+							t.Fatal(err)
+						}
 					}
-					s.jobs = make(chan spoolJob, 1)
-					s.wg.Add(1)
-					go s.spool()
+					s.startWorkers()
 					s.Add([]Change{put("new/c", "C")})
 					if _, err := s.Commit(); err == nil {
 						t.Fatal("Commit succeeded without its spool")
@@ -259,4 +276,153 @@ func TestStreamDiskFullConvergesAtTheNextResync(t *testing.T) {
 		t.Fatalf("the resync after a full disk did not fit, although it would without the previous version: %v", err)
 	}
 	assertTree(t, "after the resync", visible(t, dir), next)
+}
+
+// TestStreamAbortLeavesTargetAsItWas: a streamed full batch aborted after its values were
+// written (an etcd read failed halfway), with new top-level names, leaves every entry of the
+// target as it was: no link made for a new name, no directory.
+func TestStreamAbortLeavesTargetAsItWas(t *testing.T) {
+	old := tree{"a": "A1", "sub/b": "B1"}
+	next := tree{"a": "A2", "sub/b": "B2", "new": "N", "new2/c": "C", "z": "Z"}
+	for _, layout := range layouts {
+		for _, first := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/first sync %v", layout, first), func(t *testing.T) {
+				w, dir := open(t, layout)
+				if !first {
+					mustApply(t, w, full(1, old))
+				}
+				before := listing(t, dir)
+				s, err := w.BeginFull(2)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.holdMax = 0
+				if err := s.Add(full(2, next).Changes); err != nil {
+					t.Fatal(err)
+				}
+				s.stopWorkers() // every value written, every early link made
+				s.startWorkers()
+				s.Abort()
+				if after := listing(t, dir); !slices.Equal(before, after) {
+					t.Errorf("the target after the aborted stream:\n%q\nbefore it:\n%q", after, before)
+				}
+				want := old
+				if first {
+					want = tree{}
+				}
+				assertFiles(t, w, want)
+				mustStream(t, w, full(3, next), 2)
+				assertTree(t, "after the next full batch", visible(t, dir), next)
+			})
+		}
+	}
+}
+
+// listing is every entry at the top of dir, with its symlink target.
+func listing(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, n := range names(t, dir) {
+		if target, err := os.Readlink(filepath.Join(dir, n)); err == nil {
+			n += " -> " + target
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestStreamWritesEachValueOnce: with the Atomic layout a streamed first sync writes each value
+// straight into the new version: when it is staged, every file has one link (a spool would
+// hold a second), and Commit leaves nothing to remove.
+func TestStreamWritesEachValueOnce(t *testing.T) {
+	want := tree{}
+	for i := range 50 {
+		want[fmt.Sprintf("k%02d", i)] = fmt.Sprint(i)
+		want[fmt.Sprintf("d%d/k%02d", i%3, i)] = fmt.Sprint(i)
+	}
+	w, dir := open(t, Atomic)
+	checked := 0
+	w.step = func(step string) {
+		if step != "staged" {
+			return
+		}
+		filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() || filepath.Base(name) == lockName {
+				return err
+			}
+			fi, err := os.Lstat(name)
+			if err != nil {
+				return err
+			}
+			checked++
+			if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+				t.Errorf("%s has %d links", name, n)
+			}
+			return nil
+		})
+	}
+	mustStream(t, w, full(1, want), 7)
+	if checked != len(want) {
+		t.Errorf("%d files staged, want %d", checked, len(want))
+	}
+	if w.sweeping != nil {
+		t.Error("a spool is being removed after the commit")
+	}
+	assertTree(t, "streamed", visible(t, dir), want)
+	assertNoSpool(t, w, dir)
+}
+
+// TestOpenChecksLinksOnlyWhenThereAreAny: a target with no entry but ours (a first start) has
+// no link to check, so the first batch does not read back every link it made; a link a crash
+// left (made early by a stream) is still removed by the first batch.
+func TestOpenChecksLinksOnlyWhenThereAreAny(t *testing.T) {
+	w, _ := open(t, Atomic)
+	if w.relink {
+		t.Error("an empty target is to be checked for stale links")
+	}
+	dir := filepath.Join(t.TempDir(), "target")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/stale", filepath.Join(dir, "stale")); err != nil {
+		t.Fatal(err)
+	}
+	w = openAt(t, Options{Dir: dir, UID: -1, GID: -1})
+	if !w.relink {
+		t.Error("a target with a link in it is not checked for stale links")
+	}
+	mustStream(t, w, full(1, tree{"a": "A"}), 1)
+	assertTree(t, "after the first sync", visible(t, dir), tree{"a": "A"})
+}
+
+// TestStreamKeyWrittenThenRemovedLeavesNoLink: a top-level key written (and linked) while the
+// stream arrived, given again and then removed in a later page, leaves no link behind, after
+// Commit or Abort.
+func TestStreamKeyWrittenThenRemovedLeavesNoLink(t *testing.T) {
+	for _, commit := range []bool{true, false} {
+		t.Run(fmt.Sprintf("commit %v", commit), func(t *testing.T) {
+			w, dir := open(t, Atomic)
+			s, err := w.BeginFull(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, page := range [][]Change{{put("x", "X"), put("again", "1")}, {put("again", "2")}, {del("again")}} {
+				if err := s.Add(page); err != nil {
+					t.Fatal(err)
+				}
+				s.stopWorkers() // each page written and linked before the next
+				s.startWorkers()
+			}
+			if !commit {
+				s.Abort()
+				mustApply(t, w, batch(2)) // a link the abort could not name goes at the next batch
+				assertTree(t, "after the aborted stream and a batch", visible(t, dir), tree{})
+				return
+			}
+			if _, err := s.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			assertTree(t, "after the stream", visible(t, dir), tree{"x": "X"})
+		})
+	}
 }

@@ -27,8 +27,9 @@
 //
 // Memory: the writer keeps a sha256 per key, not the values, except for the few values it
 // cannot read back from disk (keys shadowed by a directory, and changes not yet published).
-// A Full batch can also arrive in pages (BeginFull, stream.go): its values are then spooled to
-// disk as they arrive, so even a snapshot's values are never all in memory.
+// A Full batch can also arrive in pages (BeginFull, stream.go): its values are then written to
+// disk as they arrive (Atomic: straight into the new version's hidden objects), so even a
+// snapshot's values are never all in memory.
 package writer
 
 import (
@@ -45,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -102,7 +104,9 @@ type Options struct {
 	Logger *slog.Logger // nil = slog.Default()
 	// Check, if set, is called with the absolute path of the staged new version (a directory
 	// holding the complete new tree) before it goes live; an error keeps the old version live,
-	// Apply returns that error wrapped, and the next Apply tries again.
+	// Apply returns that error wrapped, and the next Apply tries again. With a bucketed top
+	// level (atomic.go), the path is a temporary directory of one symlink per top-level name
+	// into the staged version, so staged/NAME works either way.
 	Check func(staged string) error
 }
 
@@ -124,6 +128,8 @@ type Writer struct {
 	lock    *os.File // holds the flock on lockName while the writer is open
 	closed  bool
 	absDir  string
+	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go).
+	modeAtCreate bool
 
 	// The desired state: every accepted key, and for each directory the number of keys below
 	// it. A key with keys below it is shadowed: the directory wins.
@@ -146,6 +152,14 @@ type Writer struct {
 	rebuild  bool              // the live version holds junk or wrong directory modes
 	relink   bool              // check every top-level link at the next Apply
 	unlinked map[string]bool   // top-level names taken by an entry that is not ours
+	// The form of the top level (bucket.go): bucketed stores NAME under ..X/..Y/..Z/NAME, and
+	// mixed says the live root also holds the other form (a switch was cut short). tops is
+	// the number of top-level names of the live tree.
+	bucketed, mixed        bool
+	otherHalf              []string // objects only the other form's half of a mixed root reaches
+	tops                   int
+	bucketAbove, flatBelow int
+	pruning                chan struct{} // closed once the retired objects being removed are gone
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
@@ -172,7 +186,10 @@ type entry struct {
 	sum   [32]byte
 	value []byte
 	held  bool
-	spool string // during a streamed full batch: the file in the spool holding the content
+	spool string // during a streamed full batch: the file in the spool holding the content, or inPlace
+	// During a streamed full batch written in place: the stream made the top-level link of
+	// this (top-level) key. Set by the stream's writers.
+	linked atomic.Bool
 }
 
 // Open validates opts, creates Dir if missing, cleans what a crash left behind, and loads the
@@ -205,6 +222,9 @@ func Open(opts Options) (*Writer, error) {
 		dirMode: dirMode(opts.Mode),
 		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
 		absDir:  abs,
+
+		bucketAbove: bucketAbove,
+		flatBelow:   flatBelow,
 	}
 	if err := w.open(); err != nil {
 		return nil, err
@@ -216,10 +236,13 @@ func Open(opts Options) (*Writer, error) {
 // open does the work of Open on a fresh state; Apply calls it again when the target was
 // removed or replaced.
 func (w *Writer) open() error {
+	w.waitPrune()
+	w.waitSweep()
 	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
 	w.dirObj, w.retired = make(map[string]string), nil
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
+	w.bucketed, w.mixed, w.tops, w.otherHalf = false, false, 0, nil
 	if err := w.openDir(); err != nil {
 		return err
 	}
@@ -260,6 +283,7 @@ func (w *Writer) openDir() error {
 	if err := checkPrivate(w.absDir); err != nil {
 		return err
 	}
+	w.modeAtCreate = modeAtCreate(w.absDir, w.opts.Mode, w.opts.UID, w.opts.GID)
 	root, err := os.OpenRoot(w.absDir)
 	if err != nil {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
@@ -315,6 +339,8 @@ func (w *Writer) reopenIfGone() (bool, error) {
 		return false, nil
 	}
 	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
+	w.waitPrune() // they use the root being released
+	w.waitSweep()
 	w.release()
 	if err := w.open(); err != nil {
 		return true, err
@@ -382,7 +408,8 @@ func dirMode(m os.FileMode) os.FileMode {
 //     the old version live.
 //  6. Sync the file system (syncAll: one syncfs), so the new version is durable before it is
 //     visible. Skipped with NoSync.
-//  7. Link each new top-level name, name -> ..data/name (linkNew), then point the symlink
+//  7. Link each new top-level name, name -> ..data/name (or ..data/..X/..Y/..Z/name with a
+//     bucketed top level, bucket.go) (linkNew), then point the symlink
 //     ..data_tmp at the new version and rename it over ..data (swap). The rename is the one
 //     atomic step: a reader resolving ..data sees the complete old or new tree, and every
 //     name of the new tree is linked before it goes live. Names taken by a file that is not
@@ -390,9 +417,11 @@ func dirMode(m os.FileMode) os.FileMode {
 //  8. Sync the target directory (syncDir), so the rename itself survives a crash.
 //  9. Remove our links for top-level names that are gone (unlinkGone, or relinkAll after
 //     Open, which also checks every link).
-//  10. Delete the objects only the version before the previous one reached (removeObjects).
-//     The previous version stays whole, so a reader that resolved into it just before the
-//     swap can finish; after a tighter Mode, it goes at once.
+//  10. If the top level crossed the bucketing threshold, switch its form (switchForm).
+//  11. Delete the objects only the version before the previous one reached, in the
+//     background (prune); the next Apply, Open or Close waits for it. The previous version
+//     stays whole, so a reader that resolved into it just before the swap can finish; after
+//     a tighter Mode, it goes at once, before Apply returns.
 //
 // The Plain layout then (applyPlain):
 //
@@ -411,7 +440,7 @@ func dirMode(m os.FileMode) os.FileMode {
 //
 // An error before the swap leaves the model updated but the old tree live: the next Apply,
 // even of an empty batch, tries to publish again. Once ..data has moved, Apply reports
-// success (the files did change); failures of steps 8 to 10 are logged, and links are
+// success (the files did change); failures of steps 8 to 11 are logged, and links are
 // retried at the next Apply. With the
 // Plain layout an error can leave part of the batch written; the next Apply completes it.
 // Apply is not safe for concurrent use.
@@ -423,7 +452,8 @@ func (w *Writer) Apply(b Batch) (Result, error) {
 	if w.stream != nil {
 		return res, errors.New("writer: Apply while a streamed full batch is open")
 	}
-	w.waitSweep()
+	// A streamed start's spool may still be going in the background: the change does not
+	// wait for it (finish waits where it matters: a full disk, the Plain layout's copies).
 	if err := w.ensureTarget(b.Revision, b.Full); err != nil {
 		return res, err
 	}
@@ -439,15 +469,14 @@ func (w *Writer) finish(revision int64, res *Result) error {
 	if w.opts.Layout == Atomic {
 		err = w.applyAtomic(write, remove, res)
 	} else {
+		w.waitSweep() // the spool held copies of every value: their room may be needed
 		err = w.applyPlain(write, remove, res)
 	}
 	if err != nil {
 		return fmt.Errorf("applying revision %d: %w", revision, err)
 	}
 	w.forget()
-	// A new map, not a cleared one: a cleared map keeps its slots, and a full batch's (one per
-	// key) would stay for good, iterated by every later batch.
-	w.dirty = make(map[string]struct{}, len(w.obstructed))
+	w.clearDirty()
 	for _, p := range w.obstructed {
 		w.dirty[p] = struct{}{}
 	}
@@ -459,6 +488,17 @@ func (w *Writer) finish(revision int64, res *Result) error {
 		w.log.Debug("batch changed nothing", "revision", revision, "skipped", res.Skipped)
 	}
 	return nil
+}
+
+// clearDirty empties the dirty set. A map keeps the room it once needed, and ranging over it
+// or clearing it costs that room: after a full batch, every later change would pay for every
+// key. So a set that held many paths is dropped for a new one.
+func (w *Writer) clearDirty() {
+	if len(w.dirty) > 1024 {
+		w.dirty = make(map[string]struct{})
+		return
+	}
+	clear(w.dirty)
 }
 
 // ensureTarget is step 0: it opens the target again if it was removed or replaced. Only a
@@ -488,6 +528,7 @@ func (w *Writer) Close() error {
 		w.stream.Abort()
 	}
 	w.waitSweep()
+	w.waitPrune()
 	w.closed = true
 	return w.release()
 }
@@ -640,7 +681,11 @@ func (w *Writer) content(p string) ([]byte, error) {
 	if e := w.keys[p]; e.held {
 		return e.value, nil
 	} else if e.spool != "" {
-		return w.readFile(w.stream.name + "/" + e.spool)
+		name := w.stream.spooled(p, e)
+		if name == "" {
+			return nil, fmt.Errorf("the value written for %s is gone with its object", p)
+		}
+		return w.readFile(name)
 	}
 	return w.readLive(p)
 }

@@ -57,6 +57,7 @@ func TestAtomicKeepsOnlyThePreviousVersion(t *testing.T) {
 		target, _ := dataTree(t, dir)
 		versions = append(versions, target)
 	}
+	w.waitPrune() // the retired objects go in the background, after Apply returns
 	var got []string
 	for _, n := range names(t, dir) {
 		if versionName.MatchString(n) {
