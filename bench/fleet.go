@@ -92,7 +92,7 @@ func (f *fleetFigures) report(b *bench, load string) {
 			continue
 		}
 		unit := "ms"
-		if strings.Contains(name, "RSS") {
+		if strings.Contains(name, "RSS") || strings.Contains(name, "PSS") {
 			unit = "MiB"
 		}
 		if p, ok := strings.CutPrefix(name, "p"); ok && strings.Contains(name, "put ->") {
