@@ -934,9 +934,9 @@ func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch 
 
 // receiveNow receives a response if one is waiting. clientv3 hands over its buffered
 // responses one at a time from another goroutine, which needs to run between two of them: in
-// a backlog, yielding once lets it offer the next, so a backlog is merged instead of applied
-// one by one. A lone change does not yield: it reaches the apply without waiting for other
-// goroutines to run.
+// a backlog, yielding lets it offer the next, so a backlog is merged instead of applied one by
+// one (twice, as before a lone change stopped yielding). A lone change does not yield: it
+// reaches the apply without waiting for other goroutines to run.
 func receiveNow(wch clientv3.WatchChan, backlog bool) (resp clientv3.WatchResponse, ok, got bool) {
 	for try := 0; ; try++ {
 		select {
@@ -944,12 +944,15 @@ func receiveNow(wch clientv3.WatchChan, backlog bool) (resp clientv3.WatchRespon
 			return resp, ok, true
 		default:
 		}
-		if !backlog || try == 1 {
+		if !backlog || try == backlogYields {
 			return resp, false, false
 		}
 		runtime.Gosched()
 	}
 }
+
+// backlogYields is how many times receiveNow lets other goroutines run in a backlog.
+const backlogYields = 2
 
 // absorb adds one watch response to the batch.
 func (s *Source) absorb(b *Batch, resp clientv3.WatchResponse) error {
