@@ -599,25 +599,34 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 		mu       sync.Mutex
 		wg       sync.WaitGroup
 	)
+	work := func() {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= len(jobs) {
+				return
+			}
+			if err := w.makeEntry(st, jobs[i].o, jobs[i].name); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+				next.Store(int64(len(jobs))) // the others stop too
+				return
+			}
+		}
+	}
+	if workers == 1 {
+		// A change's few entries: a goroutine would cost a wake-up of another thread and a
+		// hand-off back, at each depth, on the way to the signal.
+		work()
+		return firstErr
+	}
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(jobs) {
-					return
-				}
-				if err := w.makeEntry(st, jobs[i].o, jobs[i].name); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					next.Store(int64(len(jobs))) // the others stop too
-					return
-				}
-			}
+			work()
 		}()
 	}
 	wg.Wait()
