@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -302,20 +301,7 @@ func TestStreamWideFirstSyncIsStagedBucketed(t *testing.T) {
 		case "switch-staged":
 			switches++
 		case "staged":
-			filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
-				if err != nil || !d.Type().IsRegular() || filepath.Base(name) == lockName {
-					return err
-				}
-				fi, err := os.Lstat(name)
-				if err != nil {
-					return err
-				}
-				files++
-				if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
-					t.Errorf("%s has %d links: not written in place", name, n)
-				}
-				return nil
-			})
+			files += filesWrittenOnce(t, dir)
 		}
 	}
 	b := full(1, want)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -274,4 +275,25 @@ func copyTree(t testing.TB, src, dst string) {
 	if err != nil {
 		t.Fatalf("copying %s: %v", src, err)
 	}
+}
+
+// filesWrittenOnce counts the regular files under dir (the lock aside) and reports each that
+// has more than one link: a value written in place has one, a spooled one linked in has two.
+func filesWrittenOnce(t *testing.T, dir string) (files int) {
+	t.Helper()
+	filepath.WalkDir(dir, func(name string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || filepath.Base(name) == lockName {
+			return err
+		}
+		fi, err := os.Lstat(name)
+		if err != nil {
+			return err
+		}
+		files++
+		if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+			t.Errorf("%s has %d links: not written in place", name, n)
+		}
+		return nil
+	})
+	return files
 }
