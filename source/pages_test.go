@@ -121,19 +121,7 @@ func TestSnapshotPagesShrinkWithBigValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, pages, biggest := len(b.Changes), 1, 0
-	for {
-		page, err := b.Next(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if page == nil {
-			break
-		}
-		pages++
-		keys += len(page)
-		biggest = max(biggest, len(page))
-	}
+	pages, keys, biggest := readPages(t, ctx, b)
 	if keys != 300 || pg.keys != 300 {
 		t.Fatalf("read %d keys (pager %d), want 300", keys, pg.keys)
 	}
@@ -164,22 +152,31 @@ func TestSnapshotPagesGrowWithSmallValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pages := 1
-	for {
-		page, err := b.Next(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if page == nil {
-			break
-		}
-		pages++
-	}
+	pages, _, _ := readPages(t, ctx, b)
 	if pg.keys != 6000 || b.Keys != 6000 {
 		t.Fatalf("read %d keys, the batch announced %d, want 6000", pg.keys, b.Keys)
 	}
 	if pages > 3 {
 		t.Errorf("6000 keys of 10 bytes came in %d pages, want at most 3 (the first of %d keys, then thousands a page)",
 			pages, firstPage)
+	}
+}
+
+// readPages reads the rest of snapshot b: how many pages it had (its first included), how many
+// keys, and the most keys of a page after the first.
+func readPages(t *testing.T, ctx context.Context, b Batch) (pages, keys, biggest int) {
+	t.Helper()
+	pages, keys = 1, len(b.Changes)
+	for {
+		page, err := b.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if page == nil {
+			return pages, keys, biggest
+		}
+		pages++
+		keys += len(page)
+		biggest = max(biggest, len(page))
 	}
 }
