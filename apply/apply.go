@@ -201,13 +201,16 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 		}
 		if len(p.cfg.Command) > 0 && !p.cfg.Once {
 			p.started <- p.child.Start(p.cfg.Command, p.env)
+			p.logApplied(b.Revision, res, "")
 			return nil
 		}
 		// No command to start on the new files: run the reload commands, as confd does.
+		signalled := ""
 		if res.Changed || rendered {
-			p.notify(ctx, b.Revision)
+			signalled = p.notify(ctx, b.Revision)
 		}
 		p.started <- nil
+		p.logApplied(b.Revision, res, signalled)
 		return nil
 	}
 	changed := res.Changed || rendered || p.owed
@@ -217,11 +220,30 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 			"revision", b.Revision)
 		return nil
 	}
+	signalled := ""
 	if changed {
 		p.owed = false
-		p.notify(ctx, b.Revision)
+		signalled = p.notify(ctx, b.Revision)
 	}
+	p.logApplied(b.Revision, res, signalled)
 	return nil
+}
+
+// logApplied is the one line an applied batch costs, written after its notification: each
+// line is a write to a pipe that someone (a container's log) reads, and the command should not
+// wait for it. signalled names the signal sent, if one was.
+func (p *Pipeline) logApplied(revision int64, res writer.Result, signalled string) {
+	if !res.Changed && signalled == "" {
+		return
+	}
+	attrs := []any{"revision", revision, "written", res.Written, "removed", res.Removed, "skipped", res.Skipped}
+	if res.Version != "" {
+		attrs = append(attrs, "version", res.Version)
+	}
+	if signalled != "" {
+		attrs = append(attrs, "signal", signalled)
+	}
+	p.log.Info("batch applied", attrs...)
 }
 
 // mirrored is the batch for the writer: only the keys --include and --exclude keep.
@@ -354,8 +376,8 @@ func (p *Pipeline) reloadBindings(ctx context.Context, replaced []string) bool {
 
 // notify tells the command that a new version is live: the reload command if there is one,
 // then what --on-change says (a reload command replaces the default signal unless --signal
-// is also given).
-func (p *Pipeline) notify(ctx context.Context, revision int64) {
+// is also given). It returns the name of the signal it sent, if it sent one.
+func (p *Pipeline) notify(ctx context.Context, revision int64) (signalled string) {
 	if r := p.cfg.Reload; len(r.Argv) > 0 {
 		if err := r.Run(ctx, p.child, p.env, p.cfg.Target, p.cfg.Target); err != nil {
 			p.log.Error("reload command failed", "revision", revision, "err", err)
@@ -363,11 +385,11 @@ func (p *Pipeline) notify(ctx context.Context, revision int64) {
 			p.log.Info("reload command ran", "revision", revision, "command", r.Argv[0])
 		}
 		if p.cfg.OnChange == "signal" && !p.cfg.SignalOnReload {
-			return
+			return ""
 		}
 	}
 	if len(p.cfg.Command) == 0 {
-		return
+		return ""
 	}
 	switch p.cfg.OnChange {
 	case "restart":
@@ -376,16 +398,16 @@ func (p *Pipeline) notify(ctx context.Context, revision int64) {
 		} else {
 			p.log.Info("command restarted", "revision", revision)
 		}
-		return
+		return ""
 	case "none":
-		return
+		return ""
 	}
 	if err := p.child.Signal(p.cfg.Signal); err != nil {
 		p.log.Warn("could not signal the command", "signal", p.cfg.Signal.String(), "err", err)
-	} else {
-		p.m.SignalSent()
-		p.log.Info("signal sent", "signal", p.cfg.Signal.String(), "revision", revision)
+		return ""
 	}
+	p.m.SignalSent()
+	return p.cfg.Signal.String()
 }
 
 // MirrorCheck is the writer's Check: the mirror's check command on the staged version
