@@ -78,6 +78,7 @@ type Pipeline struct {
 	started       chan error // receives once, when the first batch has been applied
 	first         bool       // the first batch was applied
 	owed          bool       // a change was not notified because a template failed
+	notified      bool       // the last apply told the command (or a binding's) of a new version
 	onFirst       func()
 }
 
@@ -133,6 +134,7 @@ func (p *Pipeline) Func() source.ApplyFunc {
 	p.quiet = quiesce.New(p.cfg.Wait, p.cfg.MaxWait, p.Apply)
 	p.quiet.Settle = p.cfg.Settle
 	p.quiet.Failed = p.delayedFailed
+	p.quiet.Notified = func() bool { return p.notified }
 	return p.quiet.Apply
 }
 
@@ -156,6 +158,7 @@ func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
 }
 
 func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
+	p.notified = false
 	if b.Next != nil && p.w == nil {
 		if err := b.Collect(ctx); err != nil {
 			return err // etcd's
@@ -200,6 +203,7 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 			p.onFirst()
 		}
 		if len(p.cfg.Command) > 0 && !p.cfg.Once {
+			p.notified = true
 			p.started <- p.child.Start(p.cfg.Command, p.env)
 			p.logApplied(b.Revision, res, "")
 			return nil
@@ -365,6 +369,7 @@ func (p *Pipeline) reloadBindings(ctx context.Context, replaced []string) bool {
 				return changed
 			}
 		}
+		p.notified = true
 		if err := h.Reload.Run(ctx, p.child, p.env, dest, dest); err != nil {
 			p.log.Error("reload command of a binding failed", "binding", h.Name, "dest", dest, "err", err)
 		} else {
@@ -379,6 +384,7 @@ func (p *Pipeline) reloadBindings(ctx context.Context, replaced []string) bool {
 // is also given). It returns the name of the signal it sent, if it sent one.
 func (p *Pipeline) notify(ctx context.Context, revision int64) (signalled string) {
 	if r := p.cfg.Reload; len(r.Argv) > 0 {
+		p.notified = true
 		if err := r.Run(ctx, p.child, p.env, p.cfg.Target, p.cfg.Target); err != nil {
 			p.log.Error("reload command failed", "revision", revision, "err", err)
 		} else {
@@ -393,6 +399,7 @@ func (p *Pipeline) notify(ctx context.Context, revision int64) (signalled string
 	}
 	switch p.cfg.OnChange {
 	case "restart":
+		p.notified = true
 		if err := p.child.Restart(p.cfg.Command, p.env); err != nil {
 			p.log.Warn("could not restart the command", "revision", revision, "err", err)
 		} else {
@@ -406,6 +413,7 @@ func (p *Pipeline) notify(ctx context.Context, revision int64) (signalled string
 		p.log.Warn("could not signal the command", "signal", p.cfg.Signal.String(), "err", err)
 		return ""
 	}
+	p.notified = true
 	p.m.SignalSent()
 	return p.cfg.Signal.String()
 }

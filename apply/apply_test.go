@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
@@ -401,5 +402,31 @@ func TestAChangeIsLoggedOnceAfterItsSignal(t *testing.T) {
 	}
 	if child.atSignal != before {
 		t.Errorf("%d lines were written before the signal, want 0", child.atSignal-before)
+	}
+}
+
+// Through the quiesce buffer (--settle): a batch that changes nothing notifies nothing and so
+// starts no settle time; the change after it is signalled at once.
+func TestANoOpBatchDoesNotHoldTheNextChange(t *testing.T) {
+	const settle = 200 * time.Millisecond
+	p, child, _ := setup(t, func(c *config.Config) { c.Settle = settle; c.Templates = nil })
+	apply := p.Func()
+	defer p.Stop()
+	ctx := context.Background()
+	if err := apply(ctx, batch(5, true, "a", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.Started(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(settle) // the start's settle time has to pass: not a synchronisation
+	if err := apply(ctx, batch(6, false, "a", "1")); err != nil { // the same value again
+		t.Fatal(err)
+	}
+	if err := apply(ctx, batch(7, false, "a", "2")); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(child.Calls(), ","); got != "start,signal hangup" {
+		t.Fatalf("calls %s right after the change, want start, then its signal at once", got)
 	}
 }
