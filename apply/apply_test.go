@@ -419,8 +419,9 @@ func TestANoOpBatchDoesNotHoldTheNextChange(t *testing.T) {
 	if err := <-p.Started(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(settle) // the start's settle time has to pass: not a synchronisation
-	if err := apply(ctx, batch(6, false, "a", "1")); err != nil { // the same value again
+	// The start's settle time has to pass (not a synchronisation), then the same value again.
+	time.Sleep(settle)
+	if err := apply(ctx, batch(6, false, "a", "1")); err != nil {
 		t.Fatal(err)
 	}
 	if err := apply(ctx, batch(7, false, "a", "2")); err != nil {
