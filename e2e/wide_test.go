@@ -1,0 +1,326 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-config-dispenser/etcd-config-dispenser/internal/etcdtest"
+)
+
+// Wide prefixes: the writer stores a top level of more than 256 names in buckets
+// (..data/..X/..Y/..Z/NAME, each top-level link pointing there), and flat again below 128.
+// These helpers read a target in either form and check what a user relies on.
+
+// maxTxnOps is etcd's default limit of operations in one transaction.
+const maxTxnOps = 128
+
+// putAll commits the pairs (key, value; an empty value deletes) in order, in as few
+// transactions as etcd takes, and returns the last one's revision.
+func putAll(t testing.TB, c *clientv3.Client, kv ...string) int64 {
+	t.Helper()
+	var rev int64
+	for i := 0; i < len(kv); i += 2 * maxTxnOps {
+		rev = etcdtest.Txn(t, c, kv[i:min(i+2*maxTxnOps, len(kv))]...)
+	}
+	return rev
+}
+
+// flatKeys are the pairs prefix/kNNNN = value for NNNN in [from, to): flat top-level keys.
+func flatKeys(prefix string, from, to int, value string) []string {
+	var kv []string
+	for i := from; i < to; i++ {
+		kv = append(kv, fmt.Sprintf("%s/k%04d", prefix, i), value)
+	}
+	return kv
+}
+
+// isBucket reports whether name is one of the writer's bucket directories (..0 to ..7).
+func isBucket(name string) bool {
+	return len(name) == 3 && name[:2] == ".." && name[2] >= '0' && name[2] <= '7'
+}
+
+// liveVersion reads the version ..data points at, keyed like the target, in either form.
+// A root holding both forms (a switch cut short by a kill) must hold the same tree in both.
+func liveVersion(target string) (files map[string]string, bucketed bool, err error) {
+	data := filepath.Join(target, "..data")
+	entries, err := os.ReadDir(data)
+	if err != nil {
+		return nil, false, err
+	}
+	flat, inBuckets := map[string]string{}, map[string]string{}
+	hasFlat := false
+	for _, e := range entries {
+		switch name := e.Name(); {
+		case isBucket(name):
+			bucketed = true
+			if err := readBuckets(filepath.Join(data, name), 1, inBuckets); err != nil {
+				return nil, false, err
+			}
+		case strings.HasPrefix(name, ".."):
+			return nil, false, fmt.Errorf("..data holds %s, neither a bucket nor a key", name)
+		default:
+			hasFlat = true
+			if err := readEntry(data, name, flat); err != nil {
+				return nil, false, err
+			}
+		}
+	}
+	if !bucketed {
+		return flat, false, nil
+	}
+	if hasFlat && !maps.Equal(flat, inBuckets) {
+		return nil, true, fmt.Errorf("a root of both forms whose halves differ: %s", diffTrees(flat, inBuckets))
+	}
+	return inBuckets, true, nil
+}
+
+// readBuckets reads the top-level names under bucket dir, of the given level (1 to 3).
+func readBuckets(dir string, level int, into map[string]string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		switch {
+		case level < 3 && isBucket(e.Name()):
+			if err := readBuckets(filepath.Join(dir, e.Name()), level+1, into); err != nil {
+				return err
+			}
+		case level < 3 || strings.HasPrefix(e.Name(), ".."):
+			return fmt.Errorf("bucket %s (level %d) holds %s", dir, level, e.Name())
+		default:
+			if _, dup := into[e.Name()]; dup {
+				return fmt.Errorf("top-level name %s is in two buckets", e.Name())
+			}
+			if err := readEntry(dir, e.Name(), into); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readEntry reads name in dir, a file or a directory (symlinks followed), into files keyed
+// from dir.
+func readEntry(dir, name string, files map[string]string) error {
+	p := filepath.Join(dir, name)
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		b, err := os.ReadFile(p)
+		files[name] = string(b)
+		return err
+	}
+	sub, err := readTree(dir, p)
+	maps.Copy(files, sub)
+	return err
+}
+
+// shownVersion checks what a user sees in an atomic target at this instant: ..data holds a
+// whole version (returned), every top-level name of it resolves through the target's link to
+// the same content, and nothing else does. A link may dangle only for a name the version does
+// not hold (a new name linked just before a swap a kill -9 cut off); those are returned.
+func shownVersion(target string) (version map[string]string, dangling []string, err error) {
+	version, _, err = liveVersion(target)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading ..data: %w", err)
+	}
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		return nil, nil, err
+	}
+	shown := map[string]string{}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, "..") {
+			continue
+		}
+		if e.Type()&fs.ModeSymlink == 0 {
+			return nil, nil, fmt.Errorf("top-level entry %s is not a symlink", name)
+		}
+		err := readEntry(target, name, shown)
+		if errors.Is(err, fs.ErrNotExist) {
+			dangling = append(dangling, name)
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, name := range dangling {
+		if _, ok := version[name]; ok || hasDir(version, name) {
+			return nil, nil, fmt.Errorf("top-level name %s of the live version does not resolve", name)
+		}
+	}
+	if !maps.Equal(shown, version) {
+		return nil, nil, fmt.Errorf("the top-level names show another tree than ..data: %s", diffTrees(shown, version))
+	}
+	return version, dangling, nil
+}
+
+// hasDir reports whether files holds a path below directory d.
+func hasDir(files map[string]string, d string) bool {
+	for p := range files {
+		if strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// convergedTo is a condition: the target shows exactly want, with no dangling link.
+func convergedTo(target string, want map[string]string) func() error {
+	return func() error {
+		got, dangling, err := shownVersion(target)
+		if err != nil {
+			return err
+		}
+		if len(dangling) > 0 {
+			return fmt.Errorf("dangling top-level links: %v", dangling)
+		}
+		if !maps.Equal(got, want) {
+			return fmt.Errorf("target differs from etcd: %s", diffTrees(got, want))
+		}
+		return nil
+	}
+}
+
+// diffTrees says how got differs from want, in a few lines however wide the trees are.
+func diffTrees(got, want map[string]string) string {
+	var missing, extra, changed []string
+	for k, v := range want {
+		g, ok := got[k]
+		switch {
+		case !ok:
+			missing = append(missing, k)
+		case g != v:
+			changed = append(changed, fmt.Sprintf("%s=%.20q (want %.20q)", k, g, v))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, k)
+		}
+	}
+	few := func(s []string) string {
+		slices.Sort(s)
+		if len(s) > 5 {
+			return fmt.Sprintf("%v... (%d)", s[:5], len(s))
+		}
+		return fmt.Sprint(s)
+	}
+	return fmt.Sprintf("%d files, want %d; missing %s, extra %s, changed %s",
+		len(got), len(want), few(missing), few(extra), few(changed))
+}
+
+// history is every state a prefix went through, as the test wrote it, one per transaction:
+// a version a kill -9 left must be one of them, not a mix of several.
+type history struct {
+	t      testing.TB
+	c      *clientv3.Client
+	prefix string
+	now    map[string]string // keyed like the target
+	seen   map[[32]byte]int  // state -> the first transaction that made it
+	txns   int
+}
+
+func newHistory(t testing.TB, c *clientv3.Client, prefix string) *history {
+	h := &history{t: t, c: c, prefix: prefix, now: map[string]string{}, seen: map[[32]byte]int{}}
+	h.seen[fingerprint(h.now)] = 0
+	return h
+}
+
+// txn commits the pairs (keys relative to the prefix; an empty value deletes) as one
+// transaction, at most maxTxnOps of them, and records the state it makes.
+func (h *history) txn(kv ...string) {
+	h.t.Helper()
+	full := slices.Clone(kv)
+	for i := 0; i < len(kv); i += 2 {
+		full[i] = h.prefix + "/" + kv[i]
+		if kv[i+1] == "" {
+			delete(h.now, kv[i])
+		} else {
+			h.now[kv[i]] = kv[i+1]
+		}
+	}
+	etcdtest.Txn(h.t, h.c, full...)
+	h.txns++
+	if _, ok := h.seen[fingerprint(h.now)]; !ok {
+		h.seen[fingerprint(h.now)] = h.txns
+	}
+}
+
+// had reports whether etcd held exactly files after some transaction so far.
+func (h *history) had(files map[string]string) bool {
+	_, ok := h.seen[fingerprint(files)]
+	return ok
+}
+
+func fingerprint(files map[string]string) [32]byte {
+	s := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(files)) {
+		fmt.Fprintf(s, "%q=%q\n", k, files[k])
+	}
+	var sum [32]byte
+	s.Sum(sum[:0])
+	return sum
+}
+
+// versionObjects counts the version directories at the top of target, and those the live
+// version reaches (its root object and every object linked from there).
+func versionObjects(target string) (all, reached int, err error) {
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "..") {
+			all++
+		}
+	}
+	root, err := os.Readlink(filepath.Join(target, "..data"))
+	if err != nil {
+		return 0, 0, err
+	}
+	seen := map[string]bool{}
+	var walk func(obj string) error
+	walk = func(obj string) error {
+		if seen[obj] {
+			return nil
+		}
+		seen[obj] = true
+		entries, err := os.ReadDir(filepath.Join(target, obj))
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Type()&fs.ModeSymlink == 0 {
+				continue
+			}
+			link, err := os.Readlink(filepath.Join(target, obj, e.Name()))
+			if err != nil {
+				return err
+			}
+			if child, ok := strings.CutPrefix(link, "../"); ok {
+				if err := walk(child); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	err = walk(root)
+	return all, len(seen), err
+}
