@@ -336,9 +336,9 @@ func readConsistent(target string) map[string]string {
 			}
 			return files
 		}
-		// Subdirectories of a version are symlinks to shared directory objects: followed.
-		dir := filepath.Join(target, before)
-		files, err := readTree(dir, dir)
+		// Subdirectories of a version are symlinks to shared directory objects: followed, and
+		// so are the buckets of a wide top level.
+		files, _, err := versionFiles(filepath.Join(target, before))
 		after, _ := os.Readlink(filepath.Join(target, "..data"))
 		if err == nil && after == before {
 			return files

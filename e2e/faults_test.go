@@ -19,27 +19,53 @@ func inEtcd(t *testing.T, c *clientv3.Client, prefix string) map[string]string {
 	return etcdtest.Read(t, c, prefix)
 }
 
+// Narrow: two keys. Wide: 600 more flat keys (a bucketed top level), of which 500 are deleted
+// while disconnected, so the resync crosses back below the flat threshold; then, cut off
+// again without a compaction, 300 keys come back in several transactions, which the resumed
+// watch must all deliver (bucketed again).
 func TestCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T) {
-	etcdtest.EachVersion(t, testCompactionWhileDisconnectedRemovesVanishedFiles)
+	etcdtest.EachVersion(t, func(t *testing.T, e *etcdtest.Server) {
+		t.Run("narrow", func(t *testing.T) { testCompactionWhileDisconnectedRemovesVanishedFiles(t, e, "/p", 0) })
+		t.Run("wide", func(t *testing.T) { testCompactionWhileDisconnectedRemovesVanishedFiles(t, e, "/w", 600) })
+	})
 }
 
-func testCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T, e *etcdtest.Server) {
+func testCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T, e *etcdtest.Server, prefix string, wide int) {
 	c := e.Client()
-	txn(t, c, "/p/a", "1", "/p/b", "1")
-	d := start(t, e, "reader", "--prefix=/p")
-	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
+	putAll(t, c, append(flatKeys(prefix, 0, wide, "0"), prefix+"/a", "1", prefix+"/b", "1")...)
+	d := start(t, e, "reader", "--prefix="+prefix)
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && len(ev.Files) == wide+2 })
+	wantForm(t, d.target, wide > 256)
 
 	e.Bridge.Down()
-	txn(t, c, "/p/a", "")
-	txn(t, c, "/p/b", "2")
+	txn(t, c, prefix+"/a", "")
+	txn(t, c, prefix+"/b", "2")
+	putAll(t, c, flatKeys(prefix, min(wide, 100), wide, "")...)
 	e.Compact(context.Background())
 	e.Bridge.Up()
 
-	etcdtest.Eventually(t, 30*time.Second, equalTree(t, d.target, map[string]string{"b": "2"}))
-	d.waitEvent("the resync", func(ev event) bool { return ev.What == "hangup" && ev.Files["b"] == "2" })
-	if n := d.finalSignals(); n != 1 {
+	want := inEtcd(t, c, prefix+"/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, want))
+	d.waitEvent("the resync", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+	if wide == 0 {
+		if n := d.finalSignals(); n != 1 {
+			t.Fatalf("%d signals, want 1 for the resync", n)
+		}
+		return
+	}
+	if n := d.signals(); n != 1 {
 		t.Fatalf("%d signals, want 1 for the resync", n)
 	}
+	wantForm(t, d.target, false)
+
+	e.Bridge.Down()
+	putAll(t, c, flatKeys(prefix, 100, 400, "3")...)
+	txn(t, c, prefix+"/b", "3")
+	e.Bridge.Up()
+	want = inEtcd(t, c, prefix+"/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, want))
+	d.waitEvent("the keys written while cut off", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+	wantForm(t, d.target, true)
 }
 
 func TestWipedEtcdIsDetectedAndMirroredAgain(t *testing.T) {

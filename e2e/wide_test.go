@@ -52,7 +52,11 @@ func isBucket(name string) bool {
 // liveVersion reads the version ..data points at, keyed like the target, in either form.
 // A root holding both forms (a switch cut short by a kill) must hold the same tree in both.
 func liveVersion(target string) (files map[string]string, bucketed bool, err error) {
-	data := filepath.Join(target, "..data")
+	return versionFiles(filepath.Join(target, "..data"))
+}
+
+// versionFiles reads the version whose root object is data, in either form.
+func versionFiles(data string) (files map[string]string, bucketed bool, err error) {
 	entries, err := os.ReadDir(data)
 	if err != nil {
 		return nil, false, err
@@ -82,6 +86,30 @@ func liveVersion(target string) (files map[string]string, bucketed bool, err err
 		return nil, true, fmt.Errorf("a root of both forms whose halves differ: %s", diffTrees(flat, inBuckets))
 	}
 	return inBuckets, true, nil
+}
+
+// wantForm fails the test unless every top-level link of target points into the given form
+// (..data/..X/..Y/..Z/NAME or ..data/NAME): a test of a wide prefix must not lose its point
+// silently if the thresholds move. (After a switch, the live root holds both forms until
+// the next change; the links say which one is in use.)
+func wantForm(t *testing.T, target string, bucketed bool) {
+	t.Helper()
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "..") {
+			continue
+		}
+		link, err := os.Readlink(filepath.Join(target, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.HasPrefix(link, "..data/.."); got != bucketed {
+			t.Fatalf("top-level link %s -> %s: bucketed=%v, want bucketed=%v", e.Name(), link, got, bucketed)
+		}
+	}
 }
 
 // readBuckets reads the top-level names under bucket dir, of the given level (1 to 3).
