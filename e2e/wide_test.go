@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -351,4 +353,167 @@ func versionObjects(target string) (all, reached int, err error) {
 	}
 	err = walk(root)
 	return all, len(seen), err
+}
+
+// A wide prefix on a full disk (a tmpfs of 3 MiB and 4000 inodes; a value of 1000 bytes takes
+// a page of 4 KiB there):
+//  1. a first start that does not fit is reported as no space left, the child does not start
+//     on a part of it, and once space is freed it starts on all of it (bucketed);
+//  2. a change that fills the disk, while the keys that follow it cross below the flat
+//     threshold, keeps the last whole version shown until space is freed, then converges;
+//  3. out of inodes, a change that crosses the bucketed threshold goes live whole, flat; the
+//     switch of form that does not fit is reported, and happens at a change once there is room.
+func TestDiskFullWithAWidePrefix(t *testing.T) {
+	mnt := tmpfs(t, "size=3m,nr_inodes=4000")
+	e := etcdtest.Start(t)
+	c := e.Client()
+	value := strings.Repeat("x", 1000)
+	putAll(t, c, flatKeys("/p", 0, 400, value)...)
+	filler := filepath.Join(mnt, "filler")
+	if err := os.Mkdir(filler, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fillBytes(t, filepath.Join(filler, "start"), 200*4096)
+	target := filepath.Join(mnt, "config")
+	d := startAs(t, e, runOpts{Target: target}, "reader", "--prefix=/p")
+	noSpace := func(n int) {
+		t.Helper()
+		etcdtest.Eventually(t, 30*time.Second, func() error {
+			if got := len(d.stderr.lines("level=ERROR", "no space left")); got < n {
+				return fmt.Errorf("%d error lines say no space left, want %d", got, n)
+			}
+			return nil
+		})
+	}
+
+	noSpace(1)
+	for _, ev := range d.events() {
+		t.Fatalf("the child ran before the first sync fit: %s with %d files", ev.What, len(ev.Files))
+	}
+	if err := os.Remove(filepath.Join(filler, "start")); err != nil {
+		t.Fatal(err)
+	}
+	want := inEtcd(t, c, "/p/")
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && maps.Equal(ev.Files, want) })
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(target, want))
+	wantForm(t, target, true)
+
+	fillBytes(t, filepath.Join(filler, "change"), 0)
+	before := want
+	putAll(t, c, flatKeys("/p", 0, 100, "new "+value)...)
+	putAll(t, c, flatKeys("/p", 100, 400, "")...)
+	noSpace(2)
+	if err := convergedTo(target, before)(); err != nil {
+		t.Fatalf("on a full disk the target no longer shows the last whole version: %v", err)
+	}
+	if err := os.Remove(filepath.Join(filler, "change")); err != nil {
+		t.Fatal(err)
+	}
+	want = inEtcd(t, c, "/p/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(target, want))
+	d.waitEvent("the change once it fit", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+	wantForm(t, target, false)
+
+	// 200 new names take about 400 inodes in the flat form (a file and a top-level link
+	// each), and on a tmpfs each hard link of an existing file into a new object takes one
+	// too (Linux 6 does); the switch to buckets needs about 300 more (a directory per
+	// bucket) plus a hard link per name. Leave room for the change, not for the switch.
+	leave := uint64(500 + 200*hardLinkInodes(t, filler))
+	fillInodes(t, filepath.Join(filler, "inodes"), leave)
+	errorsBefore := len(d.stderr.lines("level=ERROR"))
+	putAll(t, c, flatKeys("/p", 100, 300, "v")...)
+	want = inEtcd(t, c, "/p/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(target, want))
+	etcdtest.Eventually(t, 30*time.Second, func() error {
+		if len(d.stderr.lines("level=ERROR", "cannot switch", "no space left")) == 0 {
+			return errors.New("no error line says the switch of form did not fit")
+		}
+		return nil
+	})
+	for _, line := range d.stderr.lines("level=ERROR")[errorsBefore:] {
+		if !strings.Contains(line, "cannot switch") {
+			t.Errorf("with room for the change (%d inodes), it failed: %s", leave, line)
+		}
+	}
+	wantForm(t, target, false)
+	if err := os.RemoveAll(filepath.Join(filler, "inodes")); err != nil {
+		t.Fatal(err)
+	}
+	txn(t, c, "/p/k0000", "after")
+	want["k0000"] = "after"
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(target, want))
+	d.waitEvent("the change after", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+	wantForm(t, target, true)
+	if lines := d.stderr.lines("etcd unreachable"); len(lines) > 0 {
+		t.Errorf("a full disk was blamed on etcd:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// fillBytes writes zeros to a new file at path until its file system has at most leave bytes
+// free (or is full).
+func fillBytes(t *testing.T, path string, leave int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(filepath.Dir(path), &st); err != nil {
+			t.Fatal(err)
+		}
+		free := int64(st.Bavail) * st.Bsize
+		if free <= leave {
+			return
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), free-leave)]); errors.Is(err, syscall.ENOSPC) {
+			return
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fillInodes creates empty files in a new directory dir until its file system has leave
+// inodes free.
+func fillInodes(t *testing.T, dir string, leave uint64) {
+	t.Helper()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(0); st.Ffree > leave && i < st.Ffree-leave; i++ {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// hardLinkInodes is how many inodes a hard link takes on the file system of dir (1 on a tmpfs
+// with nr_inodes: it charges each link, to bound the memory of its dentries).
+func hardLinkInodes(t *testing.T, dir string) uint64 {
+	t.Helper()
+	free := func() uint64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ffree
+	}
+	f := filepath.Join(dir, "linked")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(f)
+	defer os.Remove(f + "2")
+	before := free()
+	if err := os.Link(f, f+"2"); err != nil {
+		t.Fatal(err)
+	}
+	return before - free()
 }

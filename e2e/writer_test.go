@@ -167,18 +167,7 @@ func TestRemovedTargetIsRecreatedAtTheNextChange(t *testing.T) {
 // On a full disk the dispenser removes the previous version, applies at once, and says "no
 // space left" (an etcd problem it is not).
 func TestDiskFullIsNamedAndThePreviousVersionMakesRoom(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := tmpfs(t, "size=1m")
 	e := etcdtest.Start(t)
 	c := e.Client()
 	value := func(ch string) string { return strings.Repeat(ch, 200_000) }
@@ -210,4 +199,23 @@ func TestDiskFullIsNamedAndThePreviousVersionMakesRoom(t *testing.T) {
 	if lines := d.stderr.lines("level=ERROR"); len(lines) > 0 {
 		t.Errorf("errors logged although every version fit once the previous one was gone:\n%s", strings.Join(lines, "\n"))
 	}
+}
+
+// tmpfs mounts a tmpfs with the given options (size=1m,nr_inodes=...) for the test, or skips
+// it, saying why, when that is not possible.
+func tmpfs(t *testing.T, options string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", options, "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%s): %v: %s", options, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
 }
