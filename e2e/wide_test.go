@@ -4,12 +4,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -90,28 +92,31 @@ func versionFiles(data string) (files map[string]string, bucketed bool, err erro
 	return inBuckets, true, nil
 }
 
-// wantForm fails the test unless every top-level link of target points into the given form
+// wantForm waits until every top-level link of target points into the given form
 // (..data/..X/..Y/..Z/NAME or ..data/NAME): a test of a wide prefix must not lose its point
-// silently if the thresholds move. (After a switch, the live root holds both forms until
-// the next change; the links say which one is in use.)
+// silently if the thresholds move. (A switch follows the swap of a change, and after it the
+// live root holds both forms until the next change; the links say which one is in use.)
 func wantForm(t *testing.T, target string, bucketed bool) {
 	t.Helper()
-	entries, err := os.ReadDir(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "..") {
-			continue
-		}
-		link, err := os.Readlink(filepath.Join(target, e.Name()))
+	etcdtest.Eventually(t, 30*time.Second, func() error {
+		entries, err := os.ReadDir(target)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if got := strings.HasPrefix(link, "..data/.."); got != bucketed {
-			t.Fatalf("top-level link %s -> %s: bucketed=%v, want bucketed=%v", e.Name(), link, got, bucketed)
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "..") {
+				continue
+			}
+			link, err := os.Readlink(filepath.Join(target, e.Name()))
+			if err != nil {
+				return err
+			}
+			if got := strings.HasPrefix(link, "..data/.."); got != bucketed {
+				return fmt.Errorf("top-level link %s -> %s: bucketed=%v, want bucketed=%v", e.Name(), link, got, bucketed)
+			}
 		}
-	}
+		return nil
+	})
 }
 
 // readBuckets reads the top-level names under bucket dir, of the given level (1 to 3).
@@ -516,4 +521,109 @@ func hardLinkInodes(t *testing.T, dir string) uint64 {
 		t.Fatal(err)
 	}
 	return before - free()
+}
+
+// A wide top level with the names that could confuse its buckets, read all along by a reader
+// that opens every name etcd always has, through the real binary's target, while the top
+// level crosses the thresholds both ways three times: keys named like buckets or bucket paths
+// (skipped: the .. prefix is reserved), names that differ only in case, a name of 255 bytes,
+// a key of 32 levels (the most allowed: its lookup follows 36 symlinks when bucketed, of
+// Linux's 40), a key shadowed by keys below it at the first start, and a top-level key that
+// becomes a directory and back while bucketed or flat. The reader never misses a name.
+func TestWideTopLevelEdgeCases(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	long := strings.Repeat("L", 255)
+	var deep []string
+	for i := range 32 {
+		deep = append(deep, fmt.Sprintf("d%d", i))
+	}
+	deepKey := strings.Join(deep, "/")
+	kv := []string{"/p/A", "upper", "/p/a", "lower", "/p/shadowed", "a file", "/p/shadowed/below", "a key",
+		"/p/..3", "a bucket's name", "/p/..0/..1/..2/s000", "a bucket path", "/p/" + long, "long", "/p/" + deepKey, "deep"}
+	stable := []string{"A", "a", "shadowed", long, deepKey}
+	for i := range 100 {
+		kv = append(kv, fmt.Sprintf("/p/s%03d", i), "s")
+		stable = append(stable, fmt.Sprintf("s%03d", i))
+	}
+	t0 := func(from, to int, v string) []string {
+		var kv []string
+		for i := from; i < to; i++ {
+			kv = append(kv, fmt.Sprintf("/p/t%04d", i), v)
+		}
+		return kv
+	}
+	putAll(t, c, append(kv, t0(0, 200, "0")...)...)
+	d := startAs(t, e, runOpts{}, "", "--prefix=/p", "--coalesce=0", "--settle=0")
+	converged := func(bucketed bool) {
+		t.Helper()
+		etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, mirrored(inEtcd(t, c, "/p/"))))
+		wantForm(t, d.target, bucketed)
+	}
+	converged(true)
+	for _, key := range []string{"..3", "..0/..1/..2/s000"} {
+		if len(d.stderr.lines("key skipped", key)) == 0 {
+			t.Errorf("no log line says key %s was skipped", key)
+		}
+	}
+
+	stop := make(chan struct{})
+	var reads atomic.Int64
+	var missed []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			for _, name := range stable {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				f, err := os.Open(filepath.Join(d.target, name))
+				if err == nil {
+					_, err = io.ReadAll(f) // a directory (a, shadowed at times) is opened only
+					if errors.Is(err, syscall.EISDIR) {
+						err = nil
+					}
+					f.Close()
+				}
+				if err != nil && len(missed) < 10 {
+					missed = append(missed, err.Error())
+				}
+				reads.Add(1)
+			}
+		}
+	}()
+	for round := range 3 {
+		switch round {
+		case 0:
+			txn(t, c, "/p/a/b", "a is a directory now")
+		case 1:
+			txn(t, c, "/p/a/b", "", "/p/shadowed/below", "")
+		}
+		putAll(t, c, t0(0, 200, "")...)
+		converged(false)
+		putAll(t, c, t0(0, 200, fmt.Sprint(round+1))...)
+		converged(true)
+	}
+	close(stop)
+	<-done
+	if len(missed) > 0 {
+		t.Fatalf("the reader missed a name etcd has (%d reads):\n%s", reads.Load(), strings.Join(missed, "\n"))
+	}
+	t.Logf("%d reads of the %d stable names, none missed", reads.Load(), len(stable))
+}
+
+// mirrored is what the target shows of a prefix: without the keys the writer refuses (a
+// segment starting with ..) or that keys below them shadow.
+func mirrored(keys map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range keys {
+		if strings.HasPrefix(k, "..") || strings.Contains(k, "/..") || hasDir(keys, k) {
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }
