@@ -627,3 +627,50 @@ func mirrored(keys map[string]string) map[string]string {
 	}
 	return out
 }
+
+// The first start guesses the form of the top level from the snapshot's first page (100 keys)
+// and etcd's key count, and places the values in it as they arrive. A first page that
+// misleads (one directory, then hundreds of flat names; or flat names, then thousands of
+// keys in one directory) costs a switch after the commit, never a key: the child starts on
+// every key, the links end in the right form, and the next change converges.
+func TestWideFirstStartWhoseFirstPageMisleads(t *testing.T) {
+	nested := func(dir string, n int) []string {
+		var kv []string
+		for i := range n {
+			kv = append(kv, fmt.Sprintf("/p/%s/%04d", dir, i), "nested")
+		}
+		return kv
+	}
+	for _, tc := range []struct {
+		name     string
+		kv       []string
+		bucketed bool
+	}{
+		// Sorted, a/... comes first: one name in the first page, an estimate of 6.
+		{"one directory then 400 flat names", append(nested("a", 200), flatKeys("/p", 0, 400, "flat")...), true},
+		// 100 names in the first page, of 1100 keys: an estimate of 1100; 101 in fact.
+		{"100 flat names then 1000 keys in one directory", append(flatKeys("/p", 0, 100, "flat"), nested("z", 1000)...), false},
+		// An estimate of 500; 200 in fact, between the thresholds: flat, as from scratch.
+		{"100 flat names, a directory, 100 more flat names", append(append(flatKeys("/p", 0, 100, "flat"),
+			nested("m", 300)...), flatKeys("/p", 100, 200, "flat")...), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := etcdtest.Start(t)
+			c := e.Client()
+			putAll(t, c, tc.kv...)
+			want := inEtcd(t, c, "/p/")
+			d := start(t, e, "reader", "--prefix=/p", "--settle=0")
+			d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
+			if got := d.events()[0].Files; !maps.Equal(got, want) {
+				t.Fatalf("the child started on another tree than etcd's: %s", diffTrees(got, want))
+			}
+			etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, want))
+			wantForm(t, d.target, tc.bucketed)
+
+			txn(t, c, "/p/k0000", "", "/p/new", "new")
+			want = inEtcd(t, c, "/p/")
+			etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, want))
+			d.waitEvent("the change", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+		})
+	}
+}
