@@ -674,3 +674,37 @@ func TestWideFirstStartWhoseFirstPageMisleads(t *testing.T) {
 		})
 	}
 }
+
+// Run as nobody with --mode=0200 (files their owner cannot read back), a wide prefix switches
+// form both ways while running, and at a restart that finds the top level narrowed while
+// stopped: everything the dispenser made is nobody's, every file has the mode asked, and the
+// target converges each time.
+func TestNonRootWidePrefixSwitchesForm(t *testing.T) {
+	target := nobodyTarget(t)
+	e := etcdtest.Start(t)
+	c := e.Client()
+	converged := func(bucketed bool) {
+		t.Helper()
+		etcdtest.Eventually(t, 30*time.Second, convergedTo(target, inEtcd(t, c, "/p/")))
+		wantForm(t, target, bucketed)
+		ownedBy(t, target, nobody, "0200")
+	}
+	putAll(t, c, flatKeys("/p", 0, 300, "0")...)
+	d := startAs(t, e, runOpts{Target: target, Attr: asNobody()}, "", "--prefix=/p", "--mode=0200", "--settle=0")
+	converged(true)
+	putAll(t, c, flatKeys("/p", 100, 300, "")...)
+	converged(false)
+	putAll(t, c, flatKeys("/p", 0, 300, "1")...)
+	converged(true)
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+
+	putAll(t, c, append(flatKeys("/p", 50, 300, ""), "/p/k0000", "2")...)
+	again := startAs(t, e, runOpts{Target: target, Attr: asNobody()}, "", "--prefix=/p", "--mode=0200", "--once")
+	if code := again.wait(60 * time.Second); code != 0 {
+		t.Fatalf("exit code %d of the restart with --once", code)
+	}
+	converged(false)
+}
