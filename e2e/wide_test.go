@@ -708,3 +708,59 @@ func TestNonRootWidePrefixSwitchesForm(t *testing.T) {
 	}
 	converged(false)
 }
+
+// A check of the mirror (--check-mirror-cmd) sees every top-level name of the staged version
+// in either form (bucketed, it gets a directory of links to them), refuses a broken one
+// whatever the width, and a change that crosses a threshold goes live once it passes.
+func TestWideCheckMirrorCmdSeesEveryName(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	listing := filepath.Join(t.TempDir(), "listing")
+	check := `sh -c 'ls "$DISPENSER_STAGED" > ` + listing + `; if cat "$DISPENSER_STAGED"/* 2>/dev/null | grep -q broken; then echo "config is broken" >&2; exit 1; fi'`
+	checked := func() {
+		t.Helper()
+		want := slices.Sorted(maps.Keys(inEtcd(t, c, "/p/")))
+		etcdtest.Eventually(t, 30*time.Second, func() error {
+			b, err := os.ReadFile(listing)
+			if got := strings.Fields(string(b)); err != nil || !slices.Equal(got, want) {
+				return fmt.Errorf("the check saw %d names (%v), etcd has %d", len(got), err, len(want))
+			}
+			return nil
+		})
+	}
+	putAll(t, c, flatKeys("/p", 0, 300, "good")...)
+	d := start(t, e, "reader", "--prefix=/p", "--check-mirror-cmd="+check, "--settle=0")
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && len(ev.Files) == 300 })
+	checked()
+	wantForm(t, d.target, true)
+
+	txn(t, c, "/p/k0150", "broken")
+	waitLog(t, d, "check command failed", "config is broken")
+	if got := tree(t, d.target)["k0150"]; got != "good" {
+		t.Fatalf("k0150=%q after a refused check, want the old version", got)
+	}
+	putAll(t, c, flatKeys("/p", 100, 300, "")...)
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, inEtcd(t, c, "/p/")))
+	checked()
+	wantForm(t, d.target, false)
+
+	// Up to 228 names, then to 300 (bucketed) in one transaction the check refuses.
+	putAll(t, c, flatKeys("/p", 100, 228, "good")...)
+	before := inEtcd(t, c, "/p/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, before))
+	refused := len(d.stderr.lines("check command failed"))
+	txn(t, c, append(flatKeys("/p", 228, 300, "good"), "/p/k0000", "broken")...)
+	etcdtest.Eventually(t, 30*time.Second, func() error {
+		if len(d.stderr.lines("check command failed")) == refused {
+			return errors.New("the broken version was not refused")
+		}
+		return nil
+	})
+	if err := convergedTo(d.target, before)(); err != nil {
+		t.Fatalf("after a refused check the target is not the version before: %v", err)
+	}
+	txn(t, c, "/p/k0000", "fixed")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, inEtcd(t, c, "/p/")))
+	checked()
+	wantForm(t, d.target, true)
+}
