@@ -764,3 +764,50 @@ func TestWideCheckMirrorCmdSeesEveryName(t *testing.T) {
 	checked()
 	wantForm(t, d.target, true)
 }
+
+// With few file descriptors (ulimit -n 1024, soft and hard, as some hosts and docker run
+// --ulimit give), a prefix of thousands of top-level directories (one per host or service)
+// and one of thousands of flat names (512 buckets) still start, take a change to every
+// value, and switch form: the writer never needs a descriptor per directory at once.
+func TestWideWithFewFileDescriptors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  string // a format for the key of number i
+	}{
+		{"3000 directories", "/p/host%04d/cert.pem"},
+		{"5000 flat names", "/p/k%04d"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := etcdtest.Start(t)
+			c := e.Client()
+			put := func(from, to int, v string) {
+				var kv []string
+				for i := from; i < to; i++ {
+					kv = append(kv, fmt.Sprintf(tc.key, i), v)
+				}
+				putAll(t, c, kv...)
+			}
+			target := filepath.Join(t.TempDir(), "config")
+			once := func() {
+				t.Helper()
+				d := startAs(t, e, runOpts{Target: target, Nofile: 1024}, "", "--prefix=/p", "--once")
+				if code := d.wait(60 * time.Second); code != 0 {
+					t.Fatalf("exit code %d with ulimit -n 1024", code)
+				}
+				if err := convergedTo(target, inEtcd(t, c, "/p/"))(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n := 3000
+			if tc.name == "5000 flat names" {
+				n = 5000
+			}
+			put(0, n, "first")
+			once()
+			put(0, n, "second")
+			once()
+			put(100, n, "")
+			once()
+		})
+	}
+}
