@@ -765,17 +765,20 @@ func TestWideCheckMirrorCmdSeesEveryName(t *testing.T) {
 	wantForm(t, d.target, true)
 }
 
-// With few file descriptors (ulimit -n 1024, soft and hard, as some hosts and docker run
-// --ulimit give), a prefix of thousands of top-level directories (one per host or service)
-// and one of thousands of flat names (512 buckets) still start, take a change to every
-// value, and switch form: the writer never needs a descriptor per directory at once.
+// With few file descriptors, a prefix of many top-level directories (one per host or
+// service) and one of many flat names (hundreds of buckets) still start, take a change to
+// every value, and switch form: the writer never needs a descriptor per directory at once.
+// Some hosts and docker run --ulimit give 1024 (soft and hard), which 3000 directories or
+// 5000 flat names exceeded; the test scales that down to ulimit -n 256, 600 directories and
+// 400 flat names (about 280 buckets).
 func TestWideWithFewFileDescriptors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		key  string // a format for the key of number i
+		n    int
 	}{
-		{"3000 directories", "/p/host%04d/cert.pem"},
-		{"5000 flat names", "/p/k%04d"},
+		{"600 directories", "/p/host%04d/cert.pem", 600},
+		{"400 flat names", "/p/k%04d", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := etcdtest.Start(t)
@@ -790,23 +793,19 @@ func TestWideWithFewFileDescriptors(t *testing.T) {
 			target := filepath.Join(t.TempDir(), "config")
 			once := func() {
 				t.Helper()
-				d := startAs(t, e, runOpts{Target: target, Nofile: 1024}, "", "--prefix=/p", "--once")
+				d := startAs(t, e, runOpts{Target: target, Nofile: 256}, "", "--prefix=/p", "--once", "--fsync=false", "--start-timeout=20s")
 				if code := d.wait(60 * time.Second); code != 0 {
-					t.Fatalf("exit code %d with ulimit -n 1024", code)
+					t.Fatalf("exit code %d with ulimit -n 256", code)
 				}
 				if err := convergedTo(target, inEtcd(t, c, "/p/"))(); err != nil {
 					t.Fatal(err)
 				}
 			}
-			n := 3000
-			if tc.name == "5000 flat names" {
-				n = 5000
-			}
-			put(0, n, "first")
+			put(0, tc.n, "first")
 			once()
-			put(0, n, "second")
+			put(0, tc.n, "second")
 			once()
-			put(100, n, "")
+			put(100, tc.n, "")
 			once()
 		})
 	}
