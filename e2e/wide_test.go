@@ -810,3 +810,54 @@ func TestWideWithFewFileDescriptors(t *testing.T) {
 		})
 	}
 }
+
+// kill -9 while a wide first start streams its values in (straight into the new version's
+// hidden objects, each new name linked at once, dangling): nothing resolves yet, and a
+// restart, after a third of the keys vanished meanwhile, converges with no dangling link and
+// nothing left of the killed start.
+func TestKill9DuringAWideFirstStart(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	value := strings.Repeat("v", 2000)
+	putAll(t, c, flatKeys("/p", 0, 3000, value)...)
+	target := filepath.Join(t.TempDir(), "config")
+	d := startAs(t, e, runOpts{Target: target}, "", "--prefix=/p")
+	var names int
+	etcdtest.Eventually(t, 30*time.Second, func() error {
+		entries, _ := os.ReadDir(target)
+		names = 0
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), "..") {
+				names++
+			}
+		}
+		if names < 300 {
+			return fmt.Errorf("%d names linked so far", names)
+		}
+		return nil
+	})
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	d.wait(10 * time.Second)
+	if _, err := os.Lstat(filepath.Join(target, "..data")); err == nil {
+		t.Logf("the first start ended before the kill (%d names seen linked)", names)
+	} else {
+		entries, _ := os.ReadDir(target)
+		for _, e := range entries {
+			if _, err := os.Stat(filepath.Join(target, e.Name())); !strings.HasPrefix(e.Name(), "..") && err == nil {
+				t.Fatalf("%s resolves although no version went live", e.Name())
+			}
+		}
+		t.Logf("killed with %d names linked, no version live", names)
+	}
+
+	putAll(t, c, flatKeys("/p", 0, 1000, "")...)
+	startAs(t, e, runOpts{Target: target}, "", "--prefix=/p")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(target, inEtcd(t, c, "/p/")))
+	wantForm(t, target, true)
+	etcdtest.Eventually(t, 30*time.Second, func() error {
+		if all, reached, err := versionObjects(target); err != nil || all != reached {
+			return fmt.Errorf("%d version directories, the live version reaches %d (%v)", all, reached, err)
+		}
+		return nil
+	})
+}
