@@ -71,6 +71,7 @@ type runOpts struct {
 	Env      []string             // added to the environment
 	Target   string               // instead of a fresh path
 	NoTarget bool                 // no --target: templates only
+	Nofile   int                  // if set, the limit of open files (soft and hard), as ulimit -n sets it
 }
 
 // startAs is start with options.
@@ -89,6 +90,10 @@ func startAs(t *testing.T, e *etcdtest.Server, o runOpts, role string, flags ...
 		args = append(args, "--", os.Args[0], "-test.run=^$")
 	}
 	d.cmd = exec.Command(binary, args...)
+	if o.Nofile > 0 {
+		// The hard limit too: Go raises the soft limit to the hard one at start.
+		d.cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, o.Nofile), binary}, args...)...)
+	}
 	d.cmd.Env = append(os.Environ(), "ETCD_ENDPOINTS="+e.Endpoint(), "E2E_CHILD="+role, "E2E_LOG="+d.log,
 		"E2E_TARGET="+d.target)
 	if role == "" {
@@ -336,9 +341,9 @@ func readConsistent(target string) map[string]string {
 			}
 			return files
 		}
-		// Subdirectories of a version are symlinks to shared directory objects: followed.
-		dir := filepath.Join(target, before)
-		files, err := readTree(dir, dir)
+		// Subdirectories of a version are symlinks to shared directory objects: followed, and
+		// so are the buckets of a wide top level.
+		files, _, err := versionFiles(filepath.Join(target, before))
 		after, _ := os.Readlink(filepath.Join(target, "..data"))
 		if err == nil && after == before {
 			return files

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -20,27 +19,53 @@ func inEtcd(t *testing.T, c *clientv3.Client, prefix string) map[string]string {
 	return etcdtest.Read(t, c, prefix)
 }
 
+// Narrow: two keys. Wide: 600 more flat keys (a bucketed top level), of which 500 are deleted
+// while disconnected, so the resync crosses back below the flat threshold; then, cut off
+// again without a compaction, 300 keys come back in several transactions, which the resumed
+// watch must all deliver (bucketed again).
 func TestCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T) {
-	etcdtest.EachVersion(t, testCompactionWhileDisconnectedRemovesVanishedFiles)
+	etcdtest.EachVersion(t, func(t *testing.T, e *etcdtest.Server) {
+		t.Run("narrow", func(t *testing.T) { testCompactionWhileDisconnectedRemovesVanishedFiles(t, e, "/p", 0) })
+		t.Run("wide", func(t *testing.T) { testCompactionWhileDisconnectedRemovesVanishedFiles(t, e, "/w", 600) })
+	})
 }
 
-func testCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T, e *etcdtest.Server) {
+func testCompactionWhileDisconnectedRemovesVanishedFiles(t *testing.T, e *etcdtest.Server, prefix string, wide int) {
 	c := e.Client()
-	txn(t, c, "/p/a", "1", "/p/b", "1")
-	d := start(t, e, "reader", "--prefix=/p")
-	d.waitEvent("start", func(ev event) bool { return ev.What == "start" })
+	putAll(t, c, append(flatKeys(prefix, 0, wide, "0"), prefix+"/a", "1", prefix+"/b", "1")...)
+	d := start(t, e, "reader", "--prefix="+prefix)
+	d.waitEvent("start", func(ev event) bool { return ev.What == "start" && len(ev.Files) == wide+2 })
+	wantForm(t, d.target, wide > 256)
 
 	e.Bridge.Down()
-	txn(t, c, "/p/a", "")
-	txn(t, c, "/p/b", "2")
+	txn(t, c, prefix+"/a", "")
+	txn(t, c, prefix+"/b", "2")
+	putAll(t, c, flatKeys(prefix, min(wide, 100), wide, "")...)
 	e.Compact(context.Background())
 	e.Bridge.Up()
 
-	etcdtest.Eventually(t, 30*time.Second, equalTree(t, d.target, map[string]string{"b": "2"}))
-	d.waitEvent("the resync", func(ev event) bool { return ev.What == "hangup" && ev.Files["b"] == "2" })
-	if n := d.finalSignals(); n != 1 {
+	want := inEtcd(t, c, prefix+"/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, want))
+	d.waitEvent("the resync", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+	if wide == 0 {
+		if n := d.finalSignals(); n != 1 {
+			t.Fatalf("%d signals, want 1 for the resync", n)
+		}
+		return
+	}
+	if n := d.signals(); n != 1 {
 		t.Fatalf("%d signals, want 1 for the resync", n)
 	}
+	wantForm(t, d.target, false)
+
+	e.Bridge.Down()
+	putAll(t, c, flatKeys(prefix, 100, 400, "3")...)
+	txn(t, c, prefix+"/b", "3")
+	e.Bridge.Up()
+	want = inEtcd(t, c, prefix+"/")
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(d.target, want))
+	d.waitEvent("the keys written while cut off", func(ev event) bool { return ev.What == "hangup" && maps.Equal(ev.Files, want) })
+	wantForm(t, d.target, true)
 }
 
 func TestWipedEtcdIsDetectedAndMirroredAgain(t *testing.T) {
@@ -61,59 +86,127 @@ func testWipedEtcdIsDetectedAndMirroredAgain(t *testing.T, e *etcdtest.Server) {
 	}
 }
 
-// kill -9 at any moment leaves a complete version; a restart converges.
+// kill -9 at any moment leaves a complete version; a restart converges. Narrow: five keys, each
+// transaction rewrites them all. Wide: a few hundred flat top-level keys, added and removed in
+// transactions of up to 128 operations so that the top level crosses the bucketed threshold (256)
+// and the flat one (128) both ways in each round, while two nested keys change in every
+// transaction; a restart finds a target bucketed in some rounds, flat in others.
 func TestKill9DuringAWriteStormLeavesAWholeVersionAndRestartConverges(t *testing.T) {
-	e := etcdtest.Start(t)
-	c := e.Client()
-	keys := []string{"a", "b", "c/d", "c/e", "f"}
-	write := func(n int) {
-		var kv []string
-		for _, k := range keys {
-			kv = append(kv, "/p/"+k, fmt.Sprintf("txn-%d", n))
-		}
-		txn(t, c, kv...)
-	}
-	write(0)
-	target := t.TempDir() + "/config"
-	n := 1
-	for round := range 5 {
-		d := startAs(t, e, runOpts{Target: target}, "", "--prefix=/p", "--coalesce=0")
-		etcdtest.Eventually(t, 30*time.Second, func() error {
-			got, err := readTree(target, target)
-			if err == nil && len(got) != len(keys) {
-				err = fmt.Errorf("round %d: %d files", round, len(got))
-			}
-			return err
-		})
+	narrow := func(h *history, round int) (txns [][]string) {
 		for range 20 + round*7 {
-			write(n)
-			n++
+			v := fmt.Sprintf("txn-%d", h.txns+len(txns)+1)
+			txns = append(txns, []string{"a", v, "b", v, "c/d", v, "c/e", v, "f", v})
+		}
+		return txns
+	}
+	for _, tc := range []struct {
+		name  string
+		storm func(h *history, round int) [][]string // the round's transactions, relative keys
+	}{
+		{"narrow", narrow},
+		{"wide", wideStorm},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testKill9DuringAWriteStorm(t, tc.storm)
+		})
+	}
+}
+
+// wideStorm takes the flat keys k0000... present (200 or 300 at the start of a round, none
+// at the first) up to 300, rewrites them, down to 100, and back up to 200 (even rounds) or 300.
+func wideStorm(h *history, round int) (txns [][]string) {
+	n := 0
+	for n < 1000 && h.now[fmt.Sprintf("k%04d", n)] != "" {
+		n++
+	}
+	step := func(kv ...string) {
+		v := fmt.Sprintf("r%d-t%d", round, len(txns))
+		txns = append(txns, append(kv, "dir/a", v, "dir/b", v))
+	}
+	key := func(i int) string { return fmt.Sprintf("k%04d", i) }
+	grow := func(to int) {
+		for n < to {
+			var kv []string
+			for ; n < to && len(kv) < 2*100; n++ {
+				kv = append(kv, key(n), fmt.Sprintf("r%d-t%d", round, len(txns)))
+			}
+			for i := 0; i < 20 && i < n-len(kv)/2; i++ { // and a few that were there
+				kv = append(kv, key(i), fmt.Sprintf("r%d-t%d", round, len(txns)))
+			}
+			step(kv...)
+		}
+	}
+	shrink := func(to int) {
+		for n > to {
+			var kv []string
+			for ; n > to && len(kv) < 2*100; n-- {
+				kv = append(kv, key(n-1), "")
+			}
+			for i := range 20 {
+				kv = append(kv, key(i), fmt.Sprintf("r%d-t%d", round, len(txns)))
+			}
+			step(kv...)
+		}
+	}
+	grow(300)
+	for i := 0; i < n; i += 120 {
+		var kv []string
+		for j := i; j < min(i+120, n); j++ {
+			kv = append(kv, key(j), fmt.Sprintf("r%d-t%d", round, len(txns)))
+		}
+		step(kv...)
+	}
+	shrink(100)
+	grow(200 + 100*(round%2))
+	return txns
+}
+
+// testKill9DuringAWriteStorm runs rounds of: start the dispenser, wait until it shows etcd's
+// state, commit a storm's transactions and kill -9 the dispenser at some point of it (the
+// last transaction in the first round, earlier in later ones), then check the target shows
+// one state etcd had, whole. At the end a restart converges to etcd exactly.
+func testKill9DuringAWriteStorm(t *testing.T, storm func(h *history, round int) [][]string) {
+	e := etcdtest.Start(t)
+	h := newHistory(t, e.Client(), "/p")
+	for _, txn := range storm(h, 0) {
+		h.txn(txn...)
+	}
+	target := t.TempDir() + "/config"
+	const rounds = 5
+	for round := range rounds {
+		d := startAs(t, e, runOpts{Target: target}, "", "--prefix=/p", "--coalesce=0", "--settle=0")
+		etcdtest.Eventually(t, 30*time.Second, convergedTo(target, h.now))
+		txns := storm(h, round)
+		killAt := len(txns) - round*len(txns)/rounds
+		for _, txn := range txns[:killAt] {
+			h.txn(txn...)
 		}
 		_ = d.cmd.Process.Signal(syscall.SIGKILL)
 		d.wait(10 * time.Second)
-		got := tree(t, target)
-		seen := map[string]bool{}
-		for _, v := range got {
-			seen[v] = true
+		got, dangling, err := shownVersion(target)
+		if err != nil {
+			t.Fatalf("after kill -9 in round %d (after transaction %d of %d): %v", round, killAt, len(txns), err)
 		}
-		if len(got) != len(keys) || len(seen) != 1 {
-			t.Fatalf("after kill -9 in round %d the target shows a torn version: %v", round, got)
+		if !h.had(got) {
+			t.Fatalf("after kill -9 in round %d the target shows a version etcd never had (a torn one): %s",
+				round, diffTrees(got, h.now))
+		}
+		t.Logf("round %d: killed after transaction %d of %d; %d files, %d dangling links", round, killAt, len(txns),
+			len(got), len(dangling))
+		for _, txn := range txns[killAt:] {
+			h.txn(txn...)
 		}
 	}
 	d := startAs(t, e, runOpts{Target: target}, "", "--prefix=/p")
-	want := inEtcd(t, c, "/p/")
-	etcdtest.Eventually(t, 30*time.Second, equalTree(t, target, want))
-	entries, _ := os.ReadDir(target)
-	versions := 0
-	for _, en := range entries {
-		if en.IsDir() && en.Name() != "c" && en.Name()[:2] == ".." {
-			versions++
-		}
+	etcdtest.Eventually(t, 30*time.Second, convergedTo(target, inEtcd(t, e.Client(), "/p/")))
+	// Open keeps only what the live version reaches; the first batch after it retires the
+	// previous version's own objects, kept for readers still inside it: at most as many.
+	all, reached, err := versionObjects(target)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Each version is one directory object per directory of the tree (/ and c): the live
-	// version and the previous one at most.
-	if versions > 2*2 {
-		t.Fatalf("%d version directories left after restarts, want at most 4: %v", versions, entries)
+	if all > 2*reached {
+		t.Fatalf("%d version directories left after restarts, the live version reaches %d", all, reached)
 	}
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	d.wait(10 * time.Second)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -81,57 +82,21 @@ func TestSecondDispenserOnATargetIsRefused(t *testing.T) {
 // Run as an ordinary user (nobody), every mode works, including modes that keep the owner
 // from reading (0200) or writing (0400) its files; files get exactly the mode asked.
 func TestNonRootWritesWithEveryMode(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("switching to uid 65534 needs root")
-	}
-	const nobody = 65534
-	// nobody must reach the binary and the target's parent.
-	if err := os.Chmod(filepath.Dir(binary), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	e := etcdtest.Start(t)
 	for _, mode := range []string{"0400", "0440", "0200", "0600"} {
 		t.Run(mode, func(t *testing.T) {
-			parent, err := os.MkdirTemp("", "e2e-nonroot-")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(parent) })
-			target := filepath.Join(parent, "config")
-			if err := os.Chmod(parent, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Mkdir(target, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chown(target, nobody, nobody); err != nil {
-				t.Fatal(err)
-			}
+			target := nobodyTarget(t)
 			prefix := "/nonroot" + mode
 			run := func(want map[string]string) {
 				t.Helper()
-				d := startAs(t, e, runOpts{Target: target, Attr: &syscall.SysProcAttr{
-					Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}},
-					"", "--prefix="+prefix, "--once", "--mode="+mode, "--start-timeout=20s")
+				d := startAs(t, e, runOpts{Target: target, Attr: asNobody()}, "", "--prefix="+prefix, "--once", "--mode="+mode, "--start-timeout=20s")
 				if code := d.wait(60 * time.Second); code != 0 {
 					t.Fatalf("exit code %d as uid %d with --mode=%s:\n%s", code, nobody, mode, d.stderr.String())
 				}
 				if got := tree(t, target); fmt.Sprint(got) != fmt.Sprint(want) {
 					t.Fatalf("target %v, want %v", got, want)
 				}
-				filepath.WalkDir(target, func(p string, de fs.DirEntry, err error) error {
-					if err != nil || de.Type()&fs.ModeSymlink != 0 || p == target || strings.HasPrefix(de.Name(), "..etcd") {
-						return err
-					}
-					fi, _ := de.Info()
-					if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody {
-						t.Errorf("%s: owned by %d, want %d", p, st.Uid, nobody)
-					}
-					if !fi.IsDir() && fmt.Sprintf("%04o", fi.Mode().Perm()) != mode {
-						t.Errorf("%s: mode %04o, want %s", p, fi.Mode().Perm(), mode)
-					}
-					return nil
-				})
+				ownedBy(t, target, nobody, mode)
 			}
 			txn(t, e.Client(), prefix+"/a", "A", prefix+"/sub/b", "B")
 			run(map[string]string{"a": "A", "sub/b": "B"})
@@ -140,6 +105,71 @@ func TestNonRootWritesWithEveryMode(t *testing.T) {
 			run(map[string]string{"a": "A2", "sub/b": "B", "c": "C"})
 		})
 	}
+}
+
+// nobody is the user the non-root tests run the dispenser as.
+const nobody = 65534
+
+// nobodyTarget makes an empty target owned by nobody, which nobody can reach, as is the
+// binary; or skips the test, saying why, when not run as root.
+func nobodyTarget(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("switching to uid 65534 needs root")
+	}
+	if err := os.Chmod(filepath.Dir(binary), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	parent, err := os.MkdirTemp("", "e2e-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	target := filepath.Join(parent, "config")
+	if err := os.Chmod(parent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(target, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	return target
+}
+
+// asNobody runs the dispenser as nobody.
+func asNobody() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+}
+
+// ownedBy checks that everything the dispenser made in target (but its lock) is owned by uid,
+// and that every file has the given mode. An old version being removed meanwhile is skipped.
+func ownedBy(t *testing.T, target string, uid uint32, mode string) {
+	t.Helper()
+	filepath.WalkDir(target, func(p string, de fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil || de.Type()&fs.ModeSymlink != 0 || p == target || strings.HasPrefix(de.Name(), "..etcd") {
+			return err
+		}
+		fi, err := de.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			return nil
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid {
+			t.Errorf("%s: owned by %d, want %d", p, st.Uid, uid)
+		}
+		if !fi.IsDir() && fmt.Sprintf("%04o", fi.Mode().Perm()) != mode {
+			t.Errorf("%s: mode %04o, want %s", p, fi.Mode().Perm(), mode)
+		}
+		return nil
+	})
 }
 
 // A target removed while the dispenser runs is recreated at the next change and filled by the
@@ -167,18 +197,7 @@ func TestRemovedTargetIsRecreatedAtTheNextChange(t *testing.T) {
 // On a full disk the dispenser removes the previous version, applies at once, and says "no
 // space left" (an etcd problem it is not).
 func TestDiskFullIsNamedAndThePreviousVersionMakesRoom(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := tmpfs(t, "size=1m")
 	e := etcdtest.Start(t)
 	c := e.Client()
 	value := func(ch string) string { return strings.Repeat(ch, 200_000) }
@@ -210,4 +229,23 @@ func TestDiskFullIsNamedAndThePreviousVersionMakesRoom(t *testing.T) {
 	if lines := d.stderr.lines("level=ERROR"); len(lines) > 0 {
 		t.Errorf("errors logged although every version fit once the previous one was gone:\n%s", strings.Join(lines, "\n"))
 	}
+}
+
+// tmpfs mounts a tmpfs with the given options (size=1m,nr_inodes=...) for the test, or skips
+// it, saying why, when that is not possible.
+func tmpfs(t *testing.T, options string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", options, "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%s): %v: %s", options, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
 }

@@ -458,7 +458,8 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	dirs := slices.Collect(maps.Keys(st.edited))
 	slices.SortFunc(dirs, func(a, b string) int { return depth(b) - depth(a) })
 	// The objects of one depth are independent of each other (a symlink names an object of
-	// the depth below, already made), so each depth is filled at once, on every core.
+	// the depth below, already made), so each depth is filled at once, on every core (in
+	// parts, if it has more objects than may be open at once).
 	var level []*object
 	defer func() {
 		for _, o := range level {
@@ -505,7 +506,9 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			}
 			level = append(level, o)
 		}
-		if i+1 == len(dirs) || depth(dirs[i+1]) != depth(d) {
+		// At the end of a depth, or once the objects open (each with its live object) reach
+		// maxOpen: thousands of directories of one depth are filled a part at a time.
+		if i+1 == len(dirs) || depth(dirs[i+1]) != depth(d) || 2*len(level) >= w.maxOpen {
 			err := w.fill(st, level)
 			for _, o := range level {
 				o.close()
@@ -692,12 +695,11 @@ func (w *Writer) makeObject(top *os.File) (string, *os.File, error) {
 		if err != nil {
 			return "", nil, fmt.Errorf("creating directory %s: %w", name, err)
 		}
-		fd, err := unix.Openat(int(top.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		f, err := openObject(top, name)
 		if err != nil {
 			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
-			return "", nil, fmt.Errorf("opening directory %s: %w", name, err)
+			return "", nil, err
 		}
-		f := os.NewFile(uintptr(fd), name)
 		err = f.Chmod(w.dirMode) // despite the umask
 		if err == nil {
 			err = chown(func(string) (os.FileInfo, error) { return f.Stat() },
@@ -710,6 +712,29 @@ func (w *Writer) makeObject(top *os.File) (string, *os.File, error) {
 		}
 		return name, f, nil
 	}
+}
+
+// openObject opens the directory object name, a name without a slash in the target open as
+// top; O_NOFOLLOW opens only what we made.
+func openObject(top *os.File, name string) (*os.File, error) {
+	fd, err := unix.Openat(int(top.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening directory %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// maxOpenObjects is how many directory objects a writer keeps open at once: a quarter of the
+// limit of open files (Go raises its soft limit to the hard one at start), at least 16 and
+// at most 4096. A wide tree has thousands of directories, and a host or a container may allow
+// only 1024 descriptors (ulimit -n): a stage or a stream that held one per directory failed
+// there, for ever, with "too many open files".
+func maxOpenObjects() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 256
+	}
+	return int(min(max(rl.Cur/4, 16), 4096))
 }
 
 // removeObjects deletes directory objects (files and symlinks, never followed).

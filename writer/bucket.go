@@ -163,7 +163,7 @@ func (w *Writer) desiredTops() map[string]bool {
 // of either form. Open loads a mixed root as bucketed, and the next Apply re-points every
 // link to the form it stages before it swaps.
 func (w *Writer) switchForm(bucketed bool) (err error) {
-	sw := &switching{w: w, from: map[string]*os.File{}}
+	sw := &switching{w: w}
 	defer sw.close()
 	if sw.top, err = w.root.Open("."); err != nil {
 		return err
@@ -274,18 +274,14 @@ func (w *Writer) formPath(bucketed bool, p string) string {
 	return bucketDir(topName(p)) + "/" + p
 }
 
-// switching holds the objects switchForm made, and the live objects it links files from.
+// switching holds the objects switchForm made.
 type switching struct {
 	w    *Writer
 	top  *os.File // the target directory, open
 	made []string
-	from map[string]*os.File // live object -> open
 }
 
 func (sw *switching) close() {
-	for _, f := range sw.from {
-		f.Close()
-	}
 	if sw.top != nil {
 		sw.top.Close()
 	}
@@ -316,9 +312,11 @@ func (sw *switching) putLinks(to *os.File, links map[string]string) error {
 }
 
 // putTops puts top-level names into to as the live tree holds them: a directory as a symlink
-// to its object, a file as a hard link to its live file (a copy if linking fails).
+// to its object, a file as a hard link to its live file (a copy if linking fails). The live
+// objects are opened one at a time: bucketed, there may be 512 of them.
 func (sw *switching) putTops(to *os.File, names []string) error {
 	w := sw.w
+	files := map[string][]string{} // live object -> the names of files it holds
 	for _, n := range names {
 		tp := w.treePath(n)
 		if obj, isDir := w.dirObj[tp]; isDir {
@@ -328,14 +326,26 @@ func (sw *switching) putTops(to *os.File, names []string) error {
 			continue
 		}
 		obj := w.dirObj[parentDir(tp)]
-		from, ok := sw.from[obj]
-		if !ok {
-			f, err := w.root.Open(obj)
-			if err != nil {
-				return err
-			}
-			sw.from[obj], from = f, f
+		files[obj] = append(files[obj], n)
+	}
+	for obj, ns := range files {
+		if err := sw.linkFiles(to, obj, ns); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// linkFiles hard-links the files names of the live object obj into to (copies them if
+// linking fails).
+func (sw *switching) linkFiles(to *os.File, obj string, names []string) error {
+	w := sw.w
+	from, err := openObject(sw.top, obj)
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	for _, n := range names {
 		if unix.Linkat(int(from.Fd()), n, int(to.Fd()), n, 0) == nil {
 			continue
 		}

@@ -86,10 +86,11 @@ type Stream struct {
 	done   bool
 }
 
-// streamObject is a directory object a Stream writes values into.
+// streamObject is a directory object a Stream writes values into. It is not kept open: a
+// snapshot may have thousands of directories, and a descriptor each would exceed a low limit
+// of open files (ulimit -n 1024); each worker keeps a few open instead (dirCache).
 type streamObject struct {
 	name   string
-	f      *os.File
 	handed bool // the stage took it as the new object of its directory
 }
 
@@ -98,8 +99,8 @@ type streamObject struct {
 const inPlace = "/"
 
 type spoolJob struct {
-	dir     *os.File // where to create the file
-	dirName string   // for errors
+	dir     *os.File // where to create the file: the spool; nil for an object, opened by dirName
+	dirName string
 	name    string
 	value   []byte
 	link    *entry // a top-level key written in place: link its name too, and mark the entry
@@ -222,12 +223,20 @@ func (s *Stream) flush() {
 // failure.
 func (s *Stream) write() {
 	defer s.wg.Done()
+	dirs := dirCache{top: s.top, max: max(1, s.w.maxOpen/runtime.GOMAXPROCS(0))}
+	defer dirs.close()
 	for batch := range s.jobs {
 		for _, j := range batch {
 			if s.broken.Load() {
 				break
 			}
-			err := s.w.createFileAt(j.dir, j.dirName, j.name, j.value)
+			dir, err := j.dir, error(nil)
+			if dir == nil {
+				dir, err = dirs.open(j.dirName)
+			}
+			if err == nil {
+				err = s.w.createFileAt(dir, j.dirName, j.name, j.value)
+			}
 			if err == nil && j.link != nil && unix.Symlinkat(formLinkTarget(s.bucketed, j.name), int(s.top.Fd()), j.name) == nil {
 				// Ours now; anything else (a link from before, a foreign file) Commit checks.
 				j.link.linked.Store(true)
@@ -328,7 +337,7 @@ func (s *Stream) Add(changes []Change) error {
 				return s.fail(err)
 			}
 			e.spool = inPlace
-			j := spoolJob{dir: o.f, dirName: o.name, name: name, value: c.Value}
+			j := spoolJob{dirName: o.name, name: name, value: c.Value}
 			if name == p {
 				j.link = e // a top-level key
 			}
@@ -408,7 +417,8 @@ func (s *Stream) object(d string) (*streamObject, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating a directory object: %w", noSpace(err, s.w.absDir))
 	}
-	o := &streamObject{name: name, f: f}
+	f.Close() // the workers open it as they need it
+	o := &streamObject{name: name}
 	s.objs[d] = o // so that Abort removes it
 	return o, nil
 }
@@ -439,14 +449,13 @@ func (s *Stream) spooled(p string, e *entry) string {
 func (w *Writer) stagedObject(top *os.File, d string) (string, *os.File, error) {
 	if s := w.stream; s != nil && s.bucketed == w.bucketed {
 		if o := s.objs[d]; o != nil {
-			if !o.handed && o.f != nil {
+			if !o.handed {
+				f, err := openObject(top, o.name)
+				if err != nil {
+					return "", nil, err
+				}
 				o.handed = true
-				f := o.f
-				o.f = nil // the stage's object closes it
 				return o.name, f, nil
-			}
-			if o.f != nil {
-				o.f.Close()
 			}
 			delete(s.objs, d)
 		}
@@ -552,9 +561,6 @@ func (s *Stream) closeObjects(all bool) {
 		s.top.Close()
 	}
 	for _, o := range s.objs {
-		if o.f != nil {
-			o.f.Close()
-		}
 		if all || !o.handed {
 			s.w.discard(o.name)
 		}
@@ -653,4 +659,38 @@ func (w *Writer) waitSweep() {
 		<-w.sweeping
 		w.sweeping = nil
 	}
+}
+
+// dirCache keeps up to max directory objects open, for one worker of a Stream: values of one
+// directory usually come together, but a bucketed top level spreads flat keys over up to 512
+// objects. When full, it closes them all (cheaper than tracking which was used last).
+type dirCache struct {
+	top   *os.File // the target
+	max   int
+	files map[string]*os.File
+}
+
+func (c *dirCache) open(name string) (*os.File, error) {
+	if f := c.files[name]; f != nil {
+		return f, nil
+	}
+	if len(c.files) >= c.max {
+		c.close()
+	}
+	f, err := openObject(c.top, name)
+	if err != nil {
+		return nil, err
+	}
+	if c.files == nil {
+		c.files = map[string]*os.File{}
+	}
+	c.files[name] = f
+	return f, nil
+}
+
+func (c *dirCache) close() {
+	for _, f := range c.files {
+		f.Close()
+	}
+	clear(c.files)
 }

@@ -160,6 +160,7 @@ type Writer struct {
 	otherHalf              []string // objects only the other form's half of a mixed root reaches
 	tops                   int
 	bucketAbove, flatBelow int
+	maxOpen                int           // directory objects kept open at once (maxOpenObjects)
 	pruning                chan struct{} // closed once the retired objects being removed are gone
 
 	// Plain layout.
@@ -226,6 +227,7 @@ func Open(opts Options) (*Writer, error) {
 
 		bucketAbove: bucketAbove,
 		flatBelow:   flatBelow,
+		maxOpen:     maxOpenObjects(),
 	}
 	if err := w.open(); err != nil {
 		return nil, err
