@@ -30,7 +30,10 @@ import (
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	quietGRPCInfo()
+	os.Exit(run(os.Args[1:]))
+}
 
 func run(args []string) int {
 	cfg, err := config.Parse(args, os.Stderr)
