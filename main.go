@@ -139,6 +139,7 @@ func run(args []string) int {
 	defer d.Stop() // before the writer closes: deferred calls run last first
 	src.applyThrough(d)
 	srcDone := src.done
+	initPages := time.AfterFunc(initPagesDelay, releaseInitPages)
 
 	select {
 	case err := <-srcDone: // with --once, or when the start timeout expired
@@ -183,6 +184,7 @@ func run(args []string) int {
 		return 128 + int(sig.(syscall.Signal))
 	}
 
+	initPages.Stop() // releaseStartMemory lets go of them, and of more
 	releaseStartMemory()
 	if cfg.Once {
 		if err := <-srcDone; err != nil {

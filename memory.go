@@ -39,11 +39,18 @@ func releaseStartMemory() {
 	time.AfterFunc(binaryPagesDelay, func() { _ = releaseBinaryPages() })
 }
 
-// Package initialisation (protobuf and gRPC registries, Sprig's regular expressions, the flag
-// set) runs code and reads tables that the dispenser never needs again, and the kernel mapped
-// 64 KiB around each of those faults: let go of them before the first sync, whose peak RSS
-// they would add to (10000 keys of 1 KiB: 32 -> 30 MiB).
-func init() { _ = releaseBinaryPages() }
+// releaseInitPages lets go of the executable's pages that package initialisation (protobuf and
+// gRPC registries, Sprig's regular expressions, the flag set) and the start touched: code and
+// tables the dispenser never needs again, and the kernel mapped 64 KiB around each of those
+// faults. A large first sync would add its peak RSS to them (10000 keys of 1 KiB: 32 -> 30
+// MiB), so main calls it initPagesDelay into the first sync, while etcd sends the pages; a
+// small start is over by then, and lets go of them after the child started
+// (releaseStartMemory). Not at init, where the madvise (0.3 ms) delayed every start, nor at
+// once when main has set up: the TLB shootdowns of the threads that run the start cost them
+// as much.
+func releaseInitPages() { _ = releaseBinaryPages() }
+
+const initPagesDelay = 20 * time.Millisecond
 
 // A large first sync runs with less garbage-collector headroom, so that its peak RSS grows less
 // with the keys: once a collection finds more than startLiveHeap live, GOGC is lowered to
