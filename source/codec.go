@@ -1,6 +1,7 @@
 package source
 
 import (
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the codec that gogoCodec falls back to
 	"google.golang.org/grpc/mem"
@@ -42,6 +43,12 @@ func (c gogoCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(gogoMessage)
 	if !ok {
 		return c.fallback.Unmarshal(data, v)
+	}
+	if r, ok := v.(*etcdserverpb.RangeResponse); ok {
+		r.Reset()
+		if err := decodeRange(data, r); err != errUnknownField {
+			return err
+		}
 	}
 	// As grpc's codec does: one contiguous buffer, back to the pool afterwards (Unmarshal
 	// copies the bytes it keeps).
