@@ -62,7 +62,7 @@ const initPagesDelay = 20 * time.Millisecond
 // in the environment is left alone.
 const (
 	startLiveHeap  = 4 << 20
-	startGCPercent = 50
+	startGCPercent = 40
 )
 
 var startGC struct {
