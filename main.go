@@ -30,7 +30,10 @@ import (
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	quietGRPCInfo()
+	os.Exit(run(os.Args[1:]))
+}
 
 func run(args []string) int {
 	cfg, err := config.Parse(args, os.Stderr)
@@ -136,6 +139,7 @@ func run(args []string) int {
 	defer d.Stop() // before the writer closes: deferred calls run last first
 	src.applyThrough(d)
 	srcDone := src.done
+	initPages := time.AfterFunc(initPagesDelay, releaseInitPages)
 
 	select {
 	case err := <-srcDone: // with --once, or when the start timeout expired
@@ -180,6 +184,7 @@ func run(args []string) int {
 		return 128 + int(sig.(syscall.Signal))
 	}
 
+	initPages.Stop() // releaseStartMemory lets go of them, and of more
 	releaseStartMemory()
 	if cfg.Once {
 		if err := <-srcDone; err != nil {

@@ -81,7 +81,7 @@ func touchExe(t *testing.T) {
 // what the program wrote is kept.
 func TestReleaseBinaryPagesLetsGoOfReadOnlyPagesOnly(t *testing.T) {
 	survivor[1] = "written"
-	touchExe(t) // init() let go of them already
+	touchExe(t)
 	before := exeRSS(t)
 	if err := releaseBinaryPages(); err != nil {
 		t.Fatal(err)
