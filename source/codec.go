@@ -46,9 +46,12 @@ func (c gogoCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	if r, ok := v.(*etcdserverpb.RangeResponse); ok {
 		r.Reset()
-		if err := decodeRange(data, r); err != errUnknownField {
-			return err
+		if decodeRange(data, r) == nil {
+			return nil
 		}
+		// A field it does not know, or bytes it refuses: gogo's Unmarshal decides, so that
+		// an error (or its absence) is always the one grpc's codec would give.
+		// (Reader took its own references: data is whole.)
 	}
 	// As grpc's codec does: one contiguous buffer, back to the pool afterwards (Unmarshal
 	// copies the bytes it keeps).
