@@ -331,11 +331,11 @@ func (w *Writer) prune(objs []string) {
 	}
 	done := make(chan struct{})
 	w.pruning = done
-	root, log := w.root, w.log
+	root, top, log := w.root, w.topFd, w.log
 	go func() {
 		defer close(done)
 		for _, obj := range objs {
-			if err := root.RemoveAll(obj); err != nil {
+			if err := removeObject(root, top, obj); err != nil {
 				log.Error("cannot remove an old version directory", "version", obj, "error", err)
 			}
 		}
@@ -403,7 +403,6 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 
 // staging is a new version being built: an object for each directory on a changed path.
 type staging struct {
-	top            *os.File          // the target directory, open
 	edited         map[string]bool   // the directories on changed paths, "" included
 	objs           map[string]string // directory -> its new object; missing: the directory is gone
 	oldTop, newTop map[string]bool   // top-level names before and after
@@ -417,11 +416,7 @@ type staging struct {
 func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{},
 		oldTop: map[string]bool{}, newTop: map[string]bool{}}
-	if st.top, err = w.root.Open("."); err != nil {
-		return st, err
-	}
 	defer func() {
-		st.top.Close()
 		if err != nil {
 			w.removeObjects(slices.Collect(maps.Values(st.objs)))
 		}
@@ -466,8 +461,13 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		}
 	}()
 	for i, d := range dirs {
-		entries, err := w.entries(d) // name -> is a directory
+		from, err := w.openLive(d)
 		if err != nil {
+			return st, err
+		}
+		entries, err := w.entries(d, from) // name -> is a directory
+		if err != nil {
+			closeFd(from)
 			return st, err
 		}
 		top := w.isTopDir(d)
@@ -499,11 +499,13 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			}
 		}
 		if d == "" || len(entries) > 0 {
-			o, err := w.newObject(st, d, entries, files[d])
+			o, err := w.newObject(st, d, from, entries, files[d])
 			if err != nil {
 				return st, err
 			}
 			level = append(level, o)
+		} else {
+			closeFd(from)
 		}
 		if i+1 == len(dirs) || depth(dirs[i+1]) != depth(d) {
 			err := w.fill(st, level)
@@ -519,22 +521,62 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	return st, nil
 }
 
-// entries lists the live object of directory d: name -> whether it is a subdirectory.
-func (w *Writer) entries(d string) (map[string]bool, error) {
-	entries := map[string]bool{}
+// openLive opens the live object of directory d, or returns -1 if d has none.
+func (w *Writer) openLive(d string) (int, error) {
 	obj, ok := w.dirObj[d]
 	if !ok {
+		return -1, nil
+	}
+	fd, err := w.openObject(obj)
+	if err != nil {
+		return -1, fmt.Errorf("opening %s: %w", obj, err)
+	}
+	return fd, nil
+}
+
+// openObject opens directory object obj, one component at a time: a live tree loaded from a
+// version made before directories were shared has objects inside objects ("OBJ/sub").
+func (w *Writer) openObject(obj string) (int, error) {
+	fd := w.topFd
+	for {
+		name, rest, more := strings.Cut(obj, "/")
+		next, err := openDirAt(fd, name)
+		if fd != w.topFd {
+			unix.Close(fd)
+		}
+		if err != nil || !more {
+			return next, err
+		}
+		fd, obj = next, rest
+	}
+}
+
+// closeFd closes descriptor fd unless it is -1.
+func closeFd(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
+// entries lists the live object of directory d, open as from (-1: d has none): name ->
+// whether it is a subdirectory.
+func (w *Writer) entries(d string, from int) (map[string]bool, error) {
+	entries := map[string]bool{}
+	if from < 0 {
 		return entries, nil
 	}
-	names, err := readDirNames(w.root, obj)
+	names, err := readNamesAt(from, nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("listing %s: %w", w.dirObj[d], err)
 	}
 	for _, name := range names {
 		if d == "" && w.bucketed != isBucketName(name) {
 			continue // the other half of a mixed root
 		}
-		tp := path.Join(d, name)
+		tp := name
+		if d != "" {
+			tp = d + "/" + name
+		}
 		_, isDir := w.dirObj[tp]
 		if _, isFile := w.live[keyOf(tp)]; isFile || isDir {
 			entries[name] = isDir
@@ -546,33 +588,26 @@ func (w *Writer) entries(d string) (map[string]bool, error) {
 // object is a new directory object being filled.
 type object struct {
 	dir, name string
-	to, from  *os.File        // the new object, and the live one of the same directory (or nil)
+	to, from  int             // the new object, and the live one of the same directory (or -1), open
 	entries   map[string]bool // name -> is a subdirectory
 	written   map[string]bool // names whose content changed
 }
 
 func (o *object) close() {
-	o.to.Close()
-	if o.from != nil {
-		o.from.Close()
-	}
+	closeFd(o.to)
+	closeFd(o.from)
 }
 
-// newObject creates the empty object of directory d and opens it, with its live object.
-func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
-	name, to, err := w.stagedObject(st.top, d) // a streamed full batch may have made it, with its new files
+// newObject creates the empty object of directory d and opens it; from is d's live object,
+// open (or -1), which the object closes, as it does on error here.
+func (w *Writer) newObject(st *staging, d string, from int, entries, written map[string]bool) (*object, error) {
+	name, to, err := w.stagedObject(w.topFd, d) // a streamed full batch may have made it, with its new files
 	if err != nil {
+		closeFd(from)
 		return nil, err
 	}
 	st.objs[d] = name
-	o := &object{dir: d, name: name, to: to, entries: entries, written: written}
-	if old, ok := w.dirObj[d]; ok {
-		if o.from, err = w.root.Open(old); err != nil {
-			o.to.Close()
-			return nil, err
-		}
-	}
-	return o, nil
+	return &object{dir: d, name: name, to: to, from: from, entries: entries, written: written}, nil
 }
 
 // fill puts their entries into the objects of one depth: a symlink per subdirectory, a hard
@@ -636,7 +671,7 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 // makeEntry creates one entry of object o.
 func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 	p := path.Join(o.dir, name)
-	to := int(o.to.Fd())
+	to := o.to
 	switch {
 	case o.entries[name]:
 		child, ok := st.objs[p]
@@ -648,7 +683,7 @@ func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 		}
 	case o.written[name] && w.linkSpooled(keyOf(p), to, name):
 		// Written already while a streamed full batch arrived.
-	case o.written[name] || o.from == nil || unix.Linkat(int(o.from.Fd()), name, to, name, 0) != nil:
+	case o.written[name] || o.from < 0 || unix.Linkat(o.from, name, to, name, 0) != nil:
 		// New or changed content (or a hard link that failed: too many links...).
 		data, err := w.content(keyOf(p))
 		if err != nil {
@@ -678,44 +713,45 @@ func (w *Writer) newVersionDir() (string, error) {
 	}
 }
 
-// makeObject creates an empty directory object named after the current time, unique, and
-// opens it. It works on the target's open descriptor top (mkdirat, openat, fchmod): os.Root's
-// checked walks cost several system calls each, which counted when a first sync makes
-// hundreds of bucket objects. The name has no slash, and O_NOFOLLOW opens only what we made.
-func (w *Writer) makeObject(top *os.File) (string, *os.File, error) {
+// makeObject creates an empty directory object named after the current time, unique, in the
+// target open as top, and opens it. It works on descriptors (mkdirat, openat, and fchmod
+// where the umask or an ACL could change the mode): os.Root's checked walks cost several
+// system calls each, which counted when a first sync makes hundreds of bucket objects. The
+// name has no slash, and O_NOFOLLOW opens only what we made.
+func (w *Writer) makeObject(top int) (string, int, error) {
 	for t := time.Now().UTC(); ; t = t.Add(time.Nanosecond) {
 		name := t.Format(versionLayout)
-		err := unix.Mkdirat(int(top.Fd()), name, uint32(w.dirMode))
+		err := unix.Mkdirat(top, name, uint32(w.dirMode))
 		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
 		if err != nil {
-			return "", nil, fmt.Errorf("creating directory %s: %w", name, err)
+			return "", -1, fmt.Errorf("creating directory %s: %w", name, err)
 		}
-		fd, err := unix.Openat(int(top.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		fd, err := openDirAt(top, name)
 		if err != nil {
-			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
-			return "", nil, fmt.Errorf("opening directory %s: %w", name, err)
+			unix.Unlinkat(top, name, unix.AT_REMOVEDIR)
+			return "", -1, fmt.Errorf("opening directory %s: %w", name, err)
 		}
-		f := os.NewFile(uintptr(fd), name)
-		err = f.Chmod(w.dirMode) // despite the umask
-		if err == nil {
-			err = chown(func(string) (os.FileInfo, error) { return f.Stat() },
-				func(_ string, uid, gid int) error { return f.Chown(uid, gid) }, name, w.opts.UID, w.opts.GID)
+		if !w.dirModeAtCreate {
+			err = unix.Fchmod(fd, uint32(w.dirMode)) // despite the umask
+			if err == nil {
+				err = chownFd(fd, name, w.opts.UID, w.opts.GID)
+			}
 		}
 		if err != nil {
-			f.Close()
-			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
-			return "", nil, fmt.Errorf("setting mode or owner of %s: %w", name, err)
+			unix.Close(fd)
+			unix.Unlinkat(top, name, unix.AT_REMOVEDIR)
+			return "", -1, fmt.Errorf("setting mode or owner of %s: %w", name, err)
 		}
-		return name, f, nil
+		return name, fd, nil
 	}
 }
 
 // removeObjects deletes directory objects (files and symlinks, never followed).
 func (w *Writer) removeObjects(objs []string) {
 	for _, obj := range objs {
-		if err := w.root.RemoveAll(obj); err != nil {
+		if err := removeObject(w.root, w.topFd, obj); err != nil {
 			w.log.Error("cannot remove an old version directory", "version", obj, "error", err)
 		}
 	}
@@ -747,14 +783,19 @@ func (w *Writer) discard(staged string) {
 // swap is step 7: the one atomic step. rename(2) replaces ..data in one go; a temporary
 // symlink is needed because symlink(2) cannot replace an existing name.
 func (w *Writer) swap(staged string) error {
-	if err := w.removeOurLink(dataLinkTmp); err != nil {
-		return err
+	err := unix.Symlinkat(staged, w.topFd, dataLinkTmp)
+	if err == unix.EEXIST {
+		// A leftover of ours (a failed swap), or something else, which removeOurLink refuses.
+		if err := w.removeOurLink(dataLinkTmp); err != nil {
+			return err
+		}
+		err = unix.Symlinkat(staged, w.topFd, dataLinkTmp)
 	}
-	if err := w.root.Symlink(staged, dataLinkTmp); err != nil {
+	if err != nil {
 		return fmt.Errorf("linking %s: %w", dataLinkTmp, err)
 	}
-	if err := w.root.Rename(dataLinkTmp, dataLink); err != nil {
-		w.root.Remove(dataLinkTmp)
+	if err := unix.Renameat(w.topFd, dataLinkTmp, w.topFd, dataLink); err != nil {
+		unix.Unlinkat(w.topFd, dataLinkTmp, 0)
 		return fmt.Errorf("renaming %s over %s: %w", dataLinkTmp, dataLink, err)
 	}
 	return nil

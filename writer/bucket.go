@@ -3,7 +3,6 @@ package writer
 import (
 	"fmt"
 	"maps"
-	"os"
 	"path"
 	"slices"
 	"strings"
@@ -163,11 +162,8 @@ func (w *Writer) desiredTops() map[string]bool {
 // of either form. Open loads a mixed root as bucketed, and the next Apply re-points every
 // link to the form it stages before it swaps.
 func (w *Writer) switchForm(bucketed bool) (err error) {
-	sw := &switching{w: w, from: map[string]*os.File{}}
+	sw := &switching{w: w, from: map[string]int{}}
 	defer sw.close()
-	if sw.top, err = w.root.Open("."); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			w.removeObjects(sw.made)
@@ -193,7 +189,7 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 			leaves[bucketDir(n)] = append(leaves[bucketDir(n)], n)
 		}
 		for leaf, ns := range leaves {
-			obj, err := sw.object(func(to *os.File) error { return sw.putTops(to, ns) })
+			obj, err := sw.object(func(to int, toName string) error { return sw.putTops(to, toName, ns) })
 			if err != nil {
 				return err
 			}
@@ -204,7 +200,7 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 				if depth(d) != level {
 					continue
 				}
-				obj, err := sw.object(func(to *os.File) error { return sw.putLinks(to, entries) })
+				obj, err := sw.object(func(to int, _ string) error { return sw.putLinks(to, entries) })
 				if err != nil {
 					return err
 				}
@@ -222,11 +218,11 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 			}
 		}
 	}
-	both, err := sw.object(func(to *os.File) error {
+	both, err := sw.object(func(to int, toName string) error {
 		if err := sw.putLinks(to, buckets); err != nil {
 			return err
 		}
-		return sw.putTops(to, names)
+		return sw.putTops(to, toName, names)
 	})
 	if err != nil {
 		return err
@@ -277,38 +273,34 @@ func (w *Writer) formPath(bucketed bool, p string) string {
 // switching holds the objects switchForm made, and the live objects it links files from.
 type switching struct {
 	w    *Writer
-	top  *os.File // the target directory, open
 	made []string
-	from map[string]*os.File // live object -> open
+	from map[string]int // live object -> open
 }
 
 func (sw *switching) close() {
-	for _, f := range sw.from {
-		f.Close()
-	}
-	if sw.top != nil {
-		sw.top.Close()
+	for _, fd := range sw.from {
+		unix.Close(fd)
 	}
 }
 
-// object makes a new object and fills it with fill.
-func (sw *switching) object(fill func(to *os.File) error) (string, error) {
-	name, to, err := sw.w.makeObject(sw.top)
+// object makes a new object and fills it with fill, which gets it open, and its name.
+func (sw *switching) object(fill func(to int, toName string) error) (string, error) {
+	name, to, err := sw.w.makeObject(sw.w.topFd)
 	if err != nil {
 		return "", err
 	}
 	sw.made = append(sw.made, name)
-	defer to.Close()
-	if err := fill(to); err != nil {
+	defer unix.Close(to)
+	if err := fill(to, name); err != nil {
 		return "", fmt.Errorf("switching the top level's form: %w", err)
 	}
 	return name, nil
 }
 
 // putLinks creates a symlink name -> ../obj for each entry of links.
-func (sw *switching) putLinks(to *os.File, links map[string]string) error {
+func (sw *switching) putLinks(to int, links map[string]string) error {
 	for name, obj := range links {
-		if err := unix.Symlinkat("../"+obj, int(to.Fd()), name); err != nil {
+		if err := unix.Symlinkat("../"+obj, to, name); err != nil {
 			return fmt.Errorf("linking %s: %w", name, err)
 		}
 	}
@@ -317,12 +309,12 @@ func (sw *switching) putLinks(to *os.File, links map[string]string) error {
 
 // putTops puts top-level names into to as the live tree holds them: a directory as a symlink
 // to its object, a file as a hard link to its live file (a copy if linking fails).
-func (sw *switching) putTops(to *os.File, names []string) error {
+func (sw *switching) putTops(to int, toName string, names []string) error {
 	w := sw.w
 	for _, n := range names {
 		tp := w.treePath(n)
 		if obj, isDir := w.dirObj[tp]; isDir {
-			if err := unix.Symlinkat("../"+obj, int(to.Fd()), n); err != nil {
+			if err := unix.Symlinkat("../"+obj, to, n); err != nil {
 				return fmt.Errorf("linking %s: %w", n, err)
 			}
 			continue
@@ -330,20 +322,20 @@ func (sw *switching) putTops(to *os.File, names []string) error {
 		obj := w.dirObj[parentDir(tp)]
 		from, ok := sw.from[obj]
 		if !ok {
-			f, err := w.root.Open(obj)
+			fd, err := w.openObject(obj)
 			if err != nil {
-				return err
+				return fmt.Errorf("opening %s: %w", obj, err)
 			}
-			sw.from[obj], from = f, f
+			sw.from[obj], from = fd, fd
 		}
-		if unix.Linkat(int(from.Fd()), n, int(to.Fd()), n, 0) == nil {
+		if unix.Linkat(from, n, to, n, 0) == nil {
 			continue
 		}
 		data, err := w.readLive(n)
 		if err != nil {
 			return err
 		}
-		if err := w.createFileAt(to, to.Name(), n, data); err != nil {
+		if err := w.createFileAt(to, toName, n, data); err != nil {
 			return err
 		}
 	}

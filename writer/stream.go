@@ -89,7 +89,7 @@ type Stream struct {
 // streamObject is a directory object a Stream writes values into.
 type streamObject struct {
 	name   string
-	f      *os.File
+	fd     int  // open until the stage takes it, or the stream ends; -1 once closed
 	handed bool // the stage took it as the new object of its directory
 }
 
@@ -98,8 +98,8 @@ type streamObject struct {
 const inPlace = "/"
 
 type spoolJob struct {
-	dir     *os.File // where to create the file
-	dirName string   // for errors
+	dir     int    // where to create the file, open
+	dirName string // for errors
 	name    string
 	value   []byte
 	link    *entry // a top-level key written in place: link its name too, and mark the entry
@@ -328,7 +328,7 @@ func (s *Stream) Add(changes []Change) error {
 				return s.fail(err)
 			}
 			e.spool = inPlace
-			j := spoolJob{dir: o.f, dirName: o.name, name: name, value: c.Value}
+			j := spoolJob{dir: o.fd, dirName: o.name, name: name, value: c.Value}
 			if name == p {
 				j.link = e // a top-level key
 			}
@@ -336,7 +336,7 @@ func (s *Stream) Add(changes []Change) error {
 		} else {
 			s.n++
 			e.spool = strconv.Itoa(s.n)
-			s.batch = append(s.batch, spoolJob{dir: s.dir, dirName: s.name, name: e.spool, value: c.Value})
+			s.batch = append(s.batch, spoolJob{dir: int(s.dir.Fd()), dirName: s.name, name: e.spool, value: c.Value})
 		}
 		if len(s.batch) >= jobBatch {
 			s.flush()
@@ -404,11 +404,11 @@ func (s *Stream) object(d string) (*streamObject, error) {
 	if o := s.objs[d]; o != nil {
 		return o, nil
 	}
-	name, f, err := s.w.makeObject(s.top)
+	name, fd, err := s.w.makeObject(int(s.top.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("creating a directory object: %w", noSpace(err, s.w.absDir))
 	}
-	o := &streamObject{name: name, f: f}
+	o := &streamObject{name: name, fd: fd}
 	s.objs[d] = o // so that Abort removes it
 	return o, nil
 }
@@ -436,18 +436,17 @@ func (s *Stream) spooled(p string, e *entry) string {
 // streamed full batch wrote d's values into, the first time it is asked for, if the stage
 // uses the stream's form (a stage tried again, after its first try removed its objects, gets
 // a new one, and the values written in place are lost).
-func (w *Writer) stagedObject(top *os.File, d string) (string, *os.File, error) {
+func (w *Writer) stagedObject(top int, d string) (string, int, error) {
 	if s := w.stream; s != nil && s.bucketed == w.bucketed {
 		if o := s.objs[d]; o != nil {
-			if !o.handed && o.f != nil {
+			if !o.handed && o.fd >= 0 {
 				o.handed = true
-				f := o.f
-				o.f = nil // the stage's object closes it
-				return o.name, f, nil
+				fd := o.fd
+				o.fd = -1 // the stage's object closes it
+				return o.name, fd, nil
 			}
-			if o.f != nil {
-				o.f.Close()
-			}
+			closeFd(o.fd)
+			o.fd = -1
 			delete(s.objs, d)
 		}
 	}
@@ -552,9 +551,8 @@ func (s *Stream) closeObjects(all bool) {
 		s.top.Close()
 	}
 	for _, o := range s.objs {
-		if o.f != nil {
-			o.f.Close()
-		}
+		closeFd(o.fd)
+		o.fd = -1
 		if all || !o.handed {
 			s.w.discard(o.name)
 		}

@@ -125,11 +125,17 @@ type Writer struct {
 	dirMode os.FileMode
 	log     *slog.Logger
 	root    *os.Root
-	lock    *os.File // holds the flock on lockName while the writer is open
-	closed  bool
-	absDir  string
-	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go).
-	modeAtCreate bool
+	// top is the target directory, open for the writer's life: the hot path works on it with
+	// *at system calls and single-component names (see openDirAt), not through the root's
+	// checked walks, which cost several system calls each.
+	top    *os.File
+	topFd  int
+	lock   *os.File // holds the flock on lockName while the writer is open
+	closed bool
+	absDir string
+	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go), and
+	// dirModeAtCreate: directories get dirMode and our owner from mkdir(2) alone.
+	modeAtCreate, dirModeAtCreate bool
 
 	// The desired state: every accepted key, and for each directory the number of keys below
 	// it. A key with keys below it is shadowed: the directory wins.
@@ -284,14 +290,19 @@ func (w *Writer) openDir() error {
 		return err
 	}
 	w.modeAtCreate = modeAtCreate(w.absDir, w.opts.Mode, w.opts.UID, w.opts.GID)
+	w.dirModeAtCreate = modeAtCreate(w.absDir, w.dirMode, w.opts.UID, w.opts.GID)
 	root, err := os.OpenRoot(w.absDir)
 	if err != nil {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.root = root
+	if w.top, err = root.Open("."); err != nil {
+		w.release()
+		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
+	}
+	w.topFd = int(w.top.Fd())
 	if err := w.lockTarget(); err != nil {
-		w.root.Close()
-		w.root = nil
+		w.release()
 		return err
 	}
 	return nil
@@ -333,9 +344,10 @@ func (w *Writer) lockTarget() error {
 // needed, with its lock. It reports whether it did: the model then holds only what is in
 // the new directory, and only a Full batch can fill it.
 func (w *Writer) reopenIfGone() (bool, error) {
-	held, herr := w.root.Stat(".")
-	now, nerr := os.Stat(w.absDir)
-	if herr == nil && nerr == nil && os.SameFile(held, now) {
+	var held, now unix.Stat_t
+	herr := unix.Fstat(w.topFd, &held)
+	nerr := unix.Stat(w.absDir, &now)
+	if herr == nil && nerr == nil && held.Dev == now.Dev && held.Ino == now.Ino {
 		return false, nil
 	}
 	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
@@ -535,8 +547,12 @@ func (w *Writer) Close() error {
 
 func (w *Writer) release() error {
 	var err error
+	if w.top != nil {
+		err = w.top.Close()
+		w.top, w.topFd = nil, -1
+	}
 	if w.root != nil {
-		err = w.root.Close()
+		err = errors.Join(err, w.root.Close())
 		w.root = nil
 	}
 	if w.lock != nil {
