@@ -322,24 +322,61 @@ func (w *Writer) switchIf(bucketed bool) {
 	}
 }
 
-// prune removes objects no version still reachable needs, in the background: their removal
-// costs their width, and the caller is waiting to signal. The next Apply, Open or Close waits
-// for it (waitPrune), so a full disk is never blamed on objects still being removed.
+// pruneInline is the most entries (files, symlinks, and the objects themselves) prune
+// removes at once rather than in the background. Handing the removal to another goroutine
+// costs a thread wake-up, on the caller's way to the signal, and its hand-back: about as much
+// as removing that many entries (an unlinkat each).
+const pruneInline = 64
+
+// maxKnown bounds the names of retired objects the writer remembers (contents), so that
+// a change that rewrote everything does not keep every name until the next one.
+const maxKnown = 4096
+
+// prune removes objects no version still reachable needs: at once when they are few and
+// narrow, otherwise in the background, since their removal costs their width and the caller
+// is waiting to signal. The next Apply, Open or Close waits for it (waitPrune), so a full
+// disk is never blamed on objects still being removed.
 func (w *Writer) prune(objs []string) {
 	if len(objs) == 0 {
 		return
+	}
+	width := 0
+	for _, obj := range objs {
+		if names, ok := w.contents[obj]; ok {
+			width += len(names) + 1
+		} else {
+			width += pruneInline + 1 // unknown: maybe wide
+		}
+	}
+	if width <= pruneInline {
+		w.removeObjects(objs)
+		return
+	}
+	names := make([][]string, len(objs))
+	for i, obj := range objs {
+		names[i] = w.forgetContents(obj)
 	}
 	done := make(chan struct{})
 	w.pruning = done
 	root, top, log := w.root, w.topFd, w.log
 	go func() {
 		defer close(done)
-		for _, obj := range objs {
-			if err := removeObject(root, top, obj); err != nil {
+		for i, obj := range objs {
+			if err := removeObject(root, top, obj, names[i]); err != nil {
 				log.Error("cannot remove an old version directory", "version", obj, "error", err)
 			}
 		}
 	}()
+}
+
+// forgetContents returns the names object obj holds, if the writer knows them, and forgets them.
+func (w *Writer) forgetContents(obj string) []string {
+	names, ok := w.contents[obj]
+	if ok {
+		delete(w.contents, obj)
+		w.known -= len(names)
+	}
+	return names
 }
 
 // waitPrune waits for the objects prune is removing.
@@ -381,6 +418,10 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 	for d := range st.edited {
 		if old, ok := w.dirObj[d]; ok && !strings.Contains(old, "/") {
 			retired = append(retired, old)
+			if names, ok := st.listed[d]; ok && w.known+len(names) <= maxKnown {
+				w.contents[old] = names
+				w.known += len(names)
+			}
 		}
 		if obj, ok := st.objs[d]; ok {
 			w.dirObj[d] = obj
@@ -403,9 +444,10 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 
 // staging is a new version being built: an object for each directory on a changed path.
 type staging struct {
-	edited         map[string]bool   // the directories on changed paths, "" included
-	objs           map[string]string // directory -> its new object; missing: the directory is gone
-	oldTop, newTop map[string]bool   // top-level names before and after
+	edited         map[string]bool     // the directories on changed paths, "" included
+	listed         map[string][]string // directory -> every name in its live object
+	objs           map[string]string   // directory -> its new object; missing: the directory is gone
+	oldTop, newTop map[string]bool     // top-level names before and after
 }
 
 // stage is step 4: it makes a new object for each directory that holds a changed path or
@@ -414,7 +456,7 @@ type staging struct {
 // new object or, when nothing changed below it, to its live one. A directory left empty is
 // dropped. On error nothing of it is left.
 func (w *Writer) stage(write, remove []string) (st *staging, err error) {
-	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{},
+	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{}, listed: map[string][]string{},
 		oldTop: map[string]bool{}, newTop: map[string]bool{}}
 	defer func() {
 		if err != nil {
@@ -465,10 +507,13 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		if err != nil {
 			return st, err
 		}
-		entries, err := w.entries(d, from) // name -> is a directory
+		entries, listed, err := w.entries(d, from) // name -> is a directory
 		if err != nil {
 			closeFd(from)
 			return st, err
+		}
+		if listed != nil {
+			st.listed[d] = listed
 		}
 		top := w.isTopDir(d)
 		if top {
@@ -559,15 +604,15 @@ func closeFd(fd int) {
 }
 
 // entries lists the live object of directory d, open as from (-1: d has none): name ->
-// whether it is a subdirectory.
-func (w *Writer) entries(d string, from int) (map[string]bool, error) {
-	entries := map[string]bool{}
+// whether it is a subdirectory. It also returns every name the object holds.
+func (w *Writer) entries(d string, from int) (entries map[string]bool, names []string, err error) {
+	entries = map[string]bool{}
 	if from < 0 {
-		return entries, nil
+		return entries, nil, nil
 	}
-	names, err := readNamesAt(from, nil)
+	names, err = readNamesAt(from, nil)
 	if err != nil {
-		return nil, fmt.Errorf("listing %s: %w", w.dirObj[d], err)
+		return nil, nil, fmt.Errorf("listing %s: %w", w.dirObj[d], err)
 	}
 	for _, name := range names {
 		if d == "" && w.bucketed != isBucketName(name) {
@@ -582,7 +627,7 @@ func (w *Writer) entries(d string, from int) (map[string]bool, error) {
 			entries[name] = isDir
 		}
 	}
-	return entries, nil
+	return entries, names, nil
 }
 
 // object is a new directory object being filled.
@@ -751,7 +796,7 @@ func (w *Writer) makeObject(top int) (string, int, error) {
 // removeObjects deletes directory objects (files and symlinks, never followed).
 func (w *Writer) removeObjects(objs []string) {
 	for _, obj := range objs {
-		if err := removeObject(w.root, w.topFd, obj); err != nil {
+		if err := removeObject(w.root, w.topFd, obj, w.forgetContents(obj)); err != nil {
 			w.log.Error("cannot remove an old version directory", "version", obj, "error", err)
 		}
 	}

@@ -350,12 +350,12 @@ func readNamesAt(fd int, names []string) ([]string, error) {
 }
 
 // removeObject removes directory object obj of the target open as topFd: one openat, a
-// listing, an unlinkat per entry and one for the directory, where os.Root.RemoveAll costs
-// several system calls per step. An object holds only files and symlinks (a subdirectory is
-// a symlink to another object), and unlinkat removes a symlink itself. Anything else there
-// (a real subdirectory, as versions had before directories were shared) is left to
-// os.Root.RemoveAll.
-func removeObject(r *os.Root, topFd int, obj string) error {
+// listing unless the caller knows the names in it, an unlinkat per entry and one for the
+// directory, where os.Root.RemoveAll costs several system calls per step. An object holds
+// only files and symlinks (a subdirectory is a symlink to another object), and unlinkat
+// removes a symlink itself. Anything else there (a real subdirectory, as versions had before
+// directories were shared) is left to os.Root.RemoveAll.
+func removeObject(r *os.Root, topFd int, obj string, names []string) error {
 	fd, err := openDirAt(topFd, obj)
 	if err == unix.ENOENT {
 		return nil
@@ -363,7 +363,10 @@ func removeObject(r *os.Root, topFd int, obj string) error {
 	if err != nil {
 		return r.RemoveAll(obj)
 	}
-	names, err := readNamesAt(fd, nil)
+	known := names != nil
+	if !known {
+		names, err = readNamesAt(fd, nil)
+	}
 	for _, name := range names {
 		if err != nil {
 			break
@@ -375,6 +378,9 @@ func removeObject(r *os.Root, topFd int, obj string) error {
 	unix.Close(fd)
 	if err == nil {
 		err = unix.Unlinkat(topFd, obj, unix.AT_REMOVEDIR)
+	}
+	if known && (err == unix.ENOTEMPTY || err == unix.EEXIST) {
+		return removeObject(r, topFd, obj, nil) // more than we knew of
 	}
 	if err != nil && err != unix.ENOENT {
 		return r.RemoveAll(obj)

@@ -152,12 +152,16 @@ type Writer struct {
 	fix  map[string]bool
 
 	// Atomic layout.
-	version  string            // the root directory object ..data points at; "" before the first
-	dirObj   map[string]string // directory path of the live tree ("" for its root) -> its object
-	retired  []string          // objects of the previous version only, kept for readers still inside it
-	rebuild  bool              // the live version holds junk or wrong directory modes
-	relink   bool              // check every top-level link at the next Apply
-	unlinked map[string]bool   // top-level names taken by an entry that is not ours
+	version string            // the root directory object ..data points at; "" before the first
+	dirObj  map[string]string // directory path of the live tree ("" for its root) -> its object
+	retired []string          // objects of the previous version only, kept for readers still inside it
+	// contents holds the names in some of the retired objects, as the stage listed them, so
+	// that their removal needs no listing; known counts them.
+	contents map[string][]string
+	known    int
+	rebuild  bool            // the live version holds junk or wrong directory modes
+	relink   bool            // check every top-level link at the next Apply
+	unlinked map[string]bool // top-level names taken by an entry that is not ours
 	// The form of the top level (bucket.go): bucketed stores NAME under ..X/..Y/..Z/NAME, and
 	// mixed says the live root also holds the other form (a switch was cut short). tops is
 	// the number of top-level names of the live tree.
@@ -246,7 +250,7 @@ func (w *Writer) open() error {
 	w.waitSweep()
 	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
-	w.dirObj, w.retired = make(map[string]string), nil
+	w.dirObj, w.retired, w.contents, w.known = make(map[string]string), nil, make(map[string][]string), 0
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
 	w.bucketed, w.mixed, w.tops, w.otherHalf = false, false, 0, nil
 	if err := w.openDir(); err != nil {
