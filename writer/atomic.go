@@ -720,6 +720,13 @@ func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 	switch {
 	case o.entries[name]:
 		child, ok := st.objs[p]
+		if !ok && o.from >= 0 && !w.rebuild && unix.Linkat(o.from, name, to, name, 0) == nil {
+			// The live object's symlink to the same, unchanged object: a hard link to it
+			// shares its inode, as unchanged files are shared, and costs less than a new
+			// symlink (and less to remove). Open checked every live symlink (loadDir), and
+			// linkat never follows one.
+			break
+		}
 		if !ok {
 			child = w.dirObj[p]
 		}
