@@ -323,19 +323,20 @@ func (w *Writer) switchIf(bucketed bool) {
 }
 
 // pruneInline is the most entries (files, symlinks, and the objects themselves) prune
-// removes at once rather than in the background. Handing the removal to another goroutine
-// costs a thread wake-up, on the caller's way to the signal, and its hand-back: about as much
-// as removing that many entries (an unlinkat each).
+// leaves for Tidy rather than hand to a goroutine. A goroutine costs a thread wake-up, on
+// the caller's way to the signal, and its hand-back: about as much as removing that many
+// entries (an unlinkat each), which Tidy does after the signal.
 const pruneInline = 64
 
 // maxKnown bounds the names of retired objects the writer remembers (contents), so that
 // a change that rewrote everything does not keep every name until the next one.
 const maxKnown = 4096
 
-// prune removes objects no version still reachable needs: at once when they are few and
-// narrow, otherwise in the background, since their removal costs their width and the caller
-// is waiting to signal. The next Apply, Open or Close waits for it (waitPrune), so a full
-// disk is never blamed on objects still being removed.
+// prune removes objects no version still reachable needs, off the caller's way to the
+// signal: few and narrow ones are left for Tidy, which the caller calls once it has
+// signalled, others go in the background, since their removal costs their width. The next
+// Apply, Open or Close removes or waits for them (waitPrune), so a full disk is never blamed
+// on objects still being removed.
 func (w *Writer) prune(objs []string) {
 	if len(objs) == 0 {
 		return
@@ -349,7 +350,7 @@ func (w *Writer) prune(objs []string) {
 		}
 	}
 	if width <= pruneInline {
-		w.removeObjects(objs)
+		w.pending = append(w.pending, objs...)
 		return
 	}
 	names := make([][]string, len(objs))
@@ -379,8 +380,25 @@ func (w *Writer) forgetContents(obj string) []string {
 	return names
 }
 
-// waitPrune waits for the objects prune is removing.
+// Tidy removes the objects of the version before the previous one that Apply left for
+// later, so that their removal does not delay the caller's signal: call it once the change
+// is signalled. It costs a few system calls per file of the directories a change touched;
+// without it, the next Apply (or Close) removes them first.
+func (w *Writer) Tidy() {
+	if w.root == nil { // released: Open prunes what no version reaches
+		w.pending = nil
+		return
+	}
+	if len(w.pending) > 0 {
+		w.removeObjects(w.pending)
+		w.pending = w.pending[:0]
+	}
+}
+
+// waitPrune removes the objects left for Tidy, and waits for those prune is removing in the
+// background.
 func (w *Writer) waitPrune() {
+	w.Tidy()
 	if w.pruning != nil {
 		<-w.pruning
 		w.pruning = nil

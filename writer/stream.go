@@ -251,6 +251,9 @@ func (s *Stream) write() {
 // values already written are gone, so this one cannot be tried again at once, as Apply is.
 func (s *Stream) fail(err error) error {
 	s.Abort()
+	if isNoSpace(err) {
+		s.w.Tidy()
+	}
 	if w := s.w; isNoSpace(err) && len(w.retired) > 0 {
 		w.log.Warn("no space left on the target's file system; removing the previous version so the next full sync fits",
 			"directories", len(w.retired))

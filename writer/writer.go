@@ -170,6 +170,7 @@ type Writer struct {
 	tops                   int
 	bucketAbove, flatBelow int
 	pruning                chan struct{} // closed once the retired objects being removed are gone
+	pending                []string      // retired objects no version reaches, left for Tidy
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
