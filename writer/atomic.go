@@ -525,7 +525,10 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		if err != nil {
 			return st, err
 		}
-		entries, listed, err := w.entries(d, from) // name -> is a directory
+		entries, listed, err := w.bucketEntries(d)
+		if entries == nil {
+			entries, listed, err = w.entries(d, from) // name -> is a directory
+		}
 		if err != nil {
 			closeFd(from)
 			return st, err
@@ -621,6 +624,35 @@ func closeFd(fd int) {
 	}
 }
 
+// bucketEntries is entries for a bucket above the last level (or the root) of a bucketed
+// top level, from what the writer knows, with no listing: such an object holds only the
+// buckets below it ("..0" to "..7"), and Open checked that (anything else makes it rebuild,
+// and a mixed root holds top-level names too). It returns nil entries for any other
+// directory.
+func (w *Writer) bucketEntries(d string) (entries map[string]bool, names []string, err error) {
+	if !w.bucketed || w.mixed || w.rebuild || depth(d) >= bucketLevels || keyOf(d) != "" {
+		return nil, nil, nil
+	}
+	if _, ok := w.dirObj[d]; !ok {
+		return nil, nil, nil // nothing live: entries says so
+	}
+	entries = map[string]bool{}
+	for _, b := range bucketNames {
+		c := b
+		if d != "" {
+			c = d + "/" + b
+		}
+		if _, ok := w.dirObj[c]; ok {
+			entries[b] = true
+			names = append(names, b)
+		}
+	}
+	return entries, names, nil
+}
+
+// bucketNames are the names of the buckets of one level.
+var bucketNames = [...]string{"..0", "..1", "..2", "..3", "..4", "..5", "..6", "..7"}
+
 // entries lists the live object of directory d, open as from (-1: d has none): name ->
 // whether it is a subdirectory. It also returns every name the object holds.
 func (w *Writer) entries(d string, from int) (entries map[string]bool, names []string, err error) {
@@ -681,11 +713,18 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 		o    *object
 		name string
 	}
-	var jobs []job
+	n := 0
 	for _, o := range objs {
-		for _, name := range slices.Sorted(maps.Keys(o.entries)) {
+		n += len(o.entries)
+	}
+	jobs := make([]job, 0, n)
+	for _, o := range objs {
+		first := len(jobs)
+		for name := range o.entries {
 			jobs = append(jobs, job{o, name})
 		}
+		// In name order, so that a run is repeatable (the crash tests stop at each entry).
+		slices.SortFunc(jobs[first:], func(a, b job) int { return strings.Compare(a.name, b.name) })
 	}
 	workers := 1
 	if len(jobs) >= 512 {
@@ -733,7 +772,10 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 
 // makeEntry creates one entry of object o.
 func (w *Writer) makeEntry(st *staging, o *object, name string) error {
-	p := path.Join(o.dir, name)
+	p := name
+	if o.dir != "" {
+		p = o.dir + "/" + name
+	}
 	to := o.to
 	switch {
 	case o.entries[name]:

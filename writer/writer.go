@@ -233,6 +233,7 @@ func Open(opts Options) (*Writer, error) {
 		dirMode: dirMode(opts.Mode),
 		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
 		absDir:  abs,
+		topFd:   -1,
 
 		bucketAbove: bucketAbove,
 		flatBelow:   flatBelow,
