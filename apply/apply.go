@@ -159,6 +159,10 @@ func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
 
 func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 	p.notified = false
+	if p.w != nil {
+		// The writer's old objects go after the notification, not before it.
+		defer p.w.Tidy()
+	}
 	if b.Next != nil && p.w == nil {
 		if err := b.Collect(ctx); err != nil {
 			return err // etcd's

@@ -322,28 +322,83 @@ func (w *Writer) switchIf(bucketed bool) {
 	}
 }
 
-// prune removes objects no version still reachable needs, in the background: their removal
-// costs their width, and the caller is waiting to signal. The next Apply, Open or Close waits
-// for it (waitPrune), so a full disk is never blamed on objects still being removed.
+// pruneInline is the most entries (files, symlinks, and the objects themselves) prune
+// leaves for Tidy rather than hand to a goroutine. A goroutine costs a thread wake-up, on
+// the caller's way to the signal, and its hand-back: about as much as removing that many
+// entries (an unlinkat each), which Tidy does after the signal.
+const pruneInline = 64
+
+// maxKnown bounds the names of retired objects the writer remembers (contents), so that
+// a change that rewrote everything does not keep every name until the next one.
+const maxKnown = 4096
+
+// prune removes objects no version still reachable needs, off the caller's way to the
+// signal: few and narrow ones are left for Tidy, which the caller calls once it has
+// signalled, others go in the background, since their removal costs their width. The next
+// Apply, Open or Close removes or waits for them (waitPrune), so a full disk is never blamed
+// on objects still being removed.
 func (w *Writer) prune(objs []string) {
 	if len(objs) == 0 {
 		return
 	}
+	width := 0
+	for _, obj := range objs {
+		if names, ok := w.contents[obj]; ok {
+			width += len(names) + 1
+		} else {
+			width += pruneInline + 1 // unknown: maybe wide
+		}
+	}
+	if width <= pruneInline {
+		w.pending = append(w.pending, objs...)
+		return
+	}
+	names := make([][]string, len(objs))
+	for i, obj := range objs {
+		names[i] = w.forgetContents(obj)
+	}
 	done := make(chan struct{})
 	w.pruning = done
-	root, log := w.root, w.log
+	root, top, log := w.root, w.topFd, w.log
 	go func() {
 		defer close(done)
-		for _, obj := range objs {
-			if err := root.RemoveAll(obj); err != nil {
+		for i, obj := range objs {
+			if err := removeObject(root, top, obj, names[i]); err != nil {
 				log.Error("cannot remove an old version directory", "version", obj, "error", err)
 			}
 		}
 	}()
 }
 
-// waitPrune waits for the objects prune is removing.
+// forgetContents returns the names object obj holds, if the writer knows them, and forgets them.
+func (w *Writer) forgetContents(obj string) []string {
+	names, ok := w.contents[obj]
+	if ok {
+		delete(w.contents, obj)
+		w.known -= len(names)
+	}
+	return names
+}
+
+// Tidy removes the objects of the version before the previous one that Apply left for
+// later, so that their removal does not delay the caller's signal: call it once the change
+// is signalled. It costs a few system calls per file of the directories a change touched;
+// without it, the next Apply (or Close) removes them first.
+func (w *Writer) Tidy() {
+	if w.root == nil { // released: Open prunes what no version reaches
+		w.pending = nil
+		return
+	}
+	if len(w.pending) > 0 {
+		w.removeObjects(w.pending)
+		w.pending = w.pending[:0]
+	}
+}
+
+// waitPrune removes the objects left for Tidy, and waits for those prune is removing in the
+// background.
 func (w *Writer) waitPrune() {
+	w.Tidy()
 	if w.pruning != nil {
 		<-w.pruning
 		w.pruning = nil
@@ -381,6 +436,10 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 	for d := range st.edited {
 		if old, ok := w.dirObj[d]; ok && !strings.Contains(old, "/") {
 			retired = append(retired, old)
+			if names, ok := st.listed[d]; ok && w.known+len(names) <= maxKnown {
+				w.contents[old] = names
+				w.known += len(names)
+			}
 		}
 		if obj, ok := st.objs[d]; ok {
 			w.dirObj[d] = obj
@@ -403,10 +462,10 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 
 // staging is a new version being built: an object for each directory on a changed path.
 type staging struct {
-	top            *os.File          // the target directory, open
-	edited         map[string]bool   // the directories on changed paths, "" included
-	objs           map[string]string // directory -> its new object; missing: the directory is gone
-	oldTop, newTop map[string]bool   // top-level names before and after
+	edited         map[string]bool     // the directories on changed paths, "" included
+	listed         map[string][]string // directory -> every name in its live object
+	objs           map[string]string   // directory -> its new object; missing: the directory is gone
+	oldTop, newTop map[string]bool     // top-level names before and after
 }
 
 // stage is step 4: it makes a new object for each directory that holds a changed path or
@@ -415,13 +474,9 @@ type staging struct {
 // new object or, when nothing changed below it, to its live one. A directory left empty is
 // dropped. On error nothing of it is left.
 func (w *Writer) stage(write, remove []string) (st *staging, err error) {
-	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{},
+	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{}, listed: map[string][]string{},
 		oldTop: map[string]bool{}, newTop: map[string]bool{}}
-	if st.top, err = w.root.Open("."); err != nil {
-		return st, err
-	}
 	defer func() {
-		st.top.Close()
 		if err != nil {
 			w.removeObjects(slices.Collect(maps.Values(st.objs)))
 		}
@@ -467,9 +522,20 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		}
 	}()
 	for i, d := range dirs {
-		entries, err := w.entries(d) // name -> is a directory
+		from, err := w.openLive(d)
 		if err != nil {
 			return st, err
+		}
+		entries, listed, err := w.bucketEntries(d)
+		if entries == nil {
+			entries, listed, err = w.entries(d, from) // name -> is a directory
+		}
+		if err != nil {
+			closeFd(from)
+			return st, err
+		}
+		if listed != nil {
+			st.listed[d] = listed
 		}
 		top := w.isTopDir(d)
 		if top {
@@ -500,11 +566,13 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			}
 		}
 		if d == "" || len(entries) > 0 {
-			o, err := w.newObject(st, d, entries, files[d])
+			o, err := w.newObject(st, d, from, entries, files[d])
 			if err != nil {
 				return st, err
 			}
 			level = append(level, o)
+		} else {
+			closeFd(from)
 		}
 		// At the end of a depth, or once the objects open (each with its live object) reach
 		// maxOpen: thousands of directories of one depth are filled a part at a time.
@@ -522,60 +590,122 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	return st, nil
 }
 
-// entries lists the live object of directory d: name -> whether it is a subdirectory.
-func (w *Writer) entries(d string) (map[string]bool, error) {
-	entries := map[string]bool{}
+// openLive opens the live object of directory d, or returns -1 if d has none.
+func (w *Writer) openLive(d string) (int, error) {
 	obj, ok := w.dirObj[d]
 	if !ok {
-		return entries, nil
+		return -1, nil
 	}
-	names, err := readDirNames(w.root, obj)
+	fd, err := w.openObject(obj)
 	if err != nil {
-		return nil, err
+		return -1, fmt.Errorf("opening %s: %w", obj, err)
+	}
+	return fd, nil
+}
+
+// openObject opens directory object obj, one component at a time: a live tree loaded from a
+// version made before directories were shared has objects inside objects ("OBJ/sub").
+func (w *Writer) openObject(obj string) (int, error) {
+	fd := w.topFd
+	for {
+		name, rest, more := strings.Cut(obj, "/")
+		next, err := openDirAt(fd, name)
+		if fd != w.topFd {
+			unix.Close(fd)
+		}
+		if err != nil || !more {
+			return next, err
+		}
+		fd, obj = next, rest
+	}
+}
+
+// closeFd closes descriptor fd unless it is -1.
+func closeFd(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
+// bucketEntries is entries for a bucket above the last level (or the root) of a bucketed
+// top level, from what the writer knows, with no listing: such an object holds only the
+// buckets below it ("..0" to "..7"), and Open checked that (anything else makes it rebuild,
+// and a mixed root holds top-level names too). It returns nil entries for any other
+// directory.
+func (w *Writer) bucketEntries(d string) (entries map[string]bool, names []string, err error) {
+	if !w.bucketed || w.mixed || w.rebuild || depth(d) >= bucketLevels || keyOf(d) != "" {
+		return nil, nil, nil
+	}
+	if _, ok := w.dirObj[d]; !ok {
+		return nil, nil, nil // nothing live: entries says so
+	}
+	entries = map[string]bool{}
+	for _, b := range bucketNames {
+		c := b
+		if d != "" {
+			c = d + "/" + b
+		}
+		if _, ok := w.dirObj[c]; ok {
+			entries[b] = true
+			names = append(names, b)
+		}
+	}
+	return entries, names, nil
+}
+
+// bucketNames are the names of the buckets of one level.
+var bucketNames = [...]string{"..0", "..1", "..2", "..3", "..4", "..5", "..6", "..7"}
+
+// entries lists the live object of directory d, open as from (-1: d has none): name ->
+// whether it is a subdirectory. It also returns every name the object holds.
+func (w *Writer) entries(d string, from int) (entries map[string]bool, names []string, err error) {
+	entries = map[string]bool{}
+	if from < 0 {
+		return entries, nil, nil
+	}
+	names, err = readNamesAt(from, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing %s: %w", w.dirObj[d], err)
 	}
 	for _, name := range names {
 		if d == "" && w.bucketed != isBucketName(name) {
 			continue // the other half of a mixed root
 		}
-		tp := path.Join(d, name)
+		tp := name
+		if d != "" {
+			tp = d + "/" + name
+		}
 		_, isDir := w.dirObj[tp]
 		if _, isFile := w.live[keyOf(tp)]; isFile || isDir {
 			entries[name] = isDir
 		}
 	}
-	return entries, nil
+	return entries, names, nil
 }
 
 // object is a new directory object being filled.
 type object struct {
 	dir, name string
-	to, from  *os.File        // the new object, and the live one of the same directory (or nil)
+	to, from  int             // the new object, and the live one of the same directory (or -1), open
 	entries   map[string]bool // name -> is a subdirectory
 	written   map[string]bool // names whose content changed
 }
 
 func (o *object) close() {
-	o.to.Close()
-	if o.from != nil {
-		o.from.Close()
-	}
+	closeFd(o.to)
+	closeFd(o.from)
 }
 
-// newObject creates the empty object of directory d and opens it, with its live object.
-func (w *Writer) newObject(st *staging, d string, entries, written map[string]bool) (*object, error) {
-	name, to, err := w.stagedObject(st.top, d) // a streamed full batch may have made it, with its new files
+// newObject creates the empty object of directory d and opens it; from is d's live object,
+// open (or -1), which the object closes, as it does on error here.
+func (w *Writer) newObject(st *staging, d string, from int, entries, written map[string]bool) (*object, error) {
+	name, to, err := w.stagedObject(w.topFd, d) // a streamed full batch may have made it, with its new files
 	if err != nil {
+		closeFd(from)
 		return nil, err
 	}
 	st.objs[d] = name
-	o := &object{dir: d, name: name, to: to, entries: entries, written: written}
-	if old, ok := w.dirObj[d]; ok {
-		if o.from, err = w.root.Open(old); err != nil {
-			o.to.Close()
-			return nil, err
-		}
-	}
-	return o, nil
+	return &object{dir: d, name: name, to: to, from: from, entries: entries, written: written}, nil
 }
 
 // fill puts their entries into the objects of one depth: a symlink per subdirectory, a hard
@@ -586,11 +716,18 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 		o    *object
 		name string
 	}
-	var jobs []job
+	n := 0
 	for _, o := range objs {
-		for _, name := range slices.Sorted(maps.Keys(o.entries)) {
+		n += len(o.entries)
+	}
+	jobs := make([]job, 0, n)
+	for _, o := range objs {
+		first := len(jobs)
+		for name := range o.entries {
 			jobs = append(jobs, job{o, name})
 		}
+		// In name order, so that a run is repeatable (the crash tests stop at each entry).
+		slices.SortFunc(jobs[first:], func(a, b job) int { return strings.Compare(a.name, b.name) })
 	}
 	workers := 1
 	if len(jobs) >= 512 {
@@ -638,11 +775,21 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 
 // makeEntry creates one entry of object o.
 func (w *Writer) makeEntry(st *staging, o *object, name string) error {
-	p := path.Join(o.dir, name)
-	to := int(o.to.Fd())
+	p := name
+	if o.dir != "" {
+		p = o.dir + "/" + name
+	}
+	to := o.to
 	switch {
 	case o.entries[name]:
 		child, ok := st.objs[p]
+		if !ok && o.from >= 0 && !w.rebuild && unix.Linkat(o.from, name, to, name, 0) == nil {
+			// The live object's symlink to the same, unchanged object: a hard link to it
+			// shares its inode, as unchanged files are shared, and costs less than a new
+			// symlink (and less to remove). Open checked every live symlink (loadDir), and
+			// linkat never follows one.
+			break
+		}
 		if !ok {
 			child = w.dirObj[p]
 		}
@@ -651,7 +798,7 @@ func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 		}
 	case o.written[name] && w.linkSpooled(keyOf(p), to, name):
 		// Written already while a streamed full batch arrived.
-	case o.written[name] || o.from == nil || unix.Linkat(int(o.from.Fd()), name, to, name, 0) != nil:
+	case o.written[name] || o.from < 0 || unix.Linkat(o.from, name, to, name, 0) != nil:
 		// New or changed content (or a hard link that failed: too many links...).
 		data, err := w.content(keyOf(p))
 		if err != nil {
@@ -681,47 +828,39 @@ func (w *Writer) newVersionDir() (string, error) {
 	}
 }
 
-// makeObject creates an empty directory object named after the current time, unique, and
-// opens it. It works on the target's open descriptor top (mkdirat, openat, fchmod): os.Root's
-// checked walks cost several system calls each, which counted when a first sync makes
-// hundreds of bucket objects. The name has no slash, and O_NOFOLLOW opens only what we made.
-func (w *Writer) makeObject(top *os.File) (string, *os.File, error) {
+// makeObject creates an empty directory object named after the current time, unique, in the
+// target open as top, and opens it. It works on descriptors (mkdirat, openat, and fchmod
+// where the umask or an ACL could change the mode): os.Root's checked walks cost several
+// system calls each, which counted when a first sync makes hundreds of bucket objects. The
+// name has no slash, and O_NOFOLLOW opens only what we made.
+func (w *Writer) makeObject(top int) (string, int, error) {
 	for t := time.Now().UTC(); ; t = t.Add(time.Nanosecond) {
 		name := t.Format(versionLayout)
-		err := unix.Mkdirat(int(top.Fd()), name, uint32(w.dirMode))
+		err := unix.Mkdirat(top, name, uint32(w.dirMode))
 		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
 		if err != nil {
-			return "", nil, fmt.Errorf("creating directory %s: %w", name, err)
+			return "", -1, fmt.Errorf("creating directory %s: %w", name, err)
 		}
-		f, err := openObject(top, name)
+		fd, err := openDirAt(top, name)
 		if err != nil {
-			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
-			return "", nil, err
+			unix.Unlinkat(top, name, unix.AT_REMOVEDIR)
+			return "", -1, fmt.Errorf("opening directory %s: %w", name, err)
 		}
-		err = f.Chmod(w.dirMode) // despite the umask
-		if err == nil {
-			err = chown(func(string) (os.FileInfo, error) { return f.Stat() },
-				func(_ string, uid, gid int) error { return f.Chown(uid, gid) }, name, w.opts.UID, w.opts.GID)
+		if !w.dirModeAtCreate {
+			err = unix.Fchmod(fd, uint32(w.dirMode)) // despite the umask
+			if err == nil {
+				err = chownFd(fd, name, w.opts.UID, w.opts.GID)
+			}
 		}
 		if err != nil {
-			f.Close()
-			unix.Unlinkat(int(top.Fd()), name, unix.AT_REMOVEDIR)
-			return "", nil, fmt.Errorf("setting mode or owner of %s: %w", name, err)
+			unix.Close(fd)
+			unix.Unlinkat(top, name, unix.AT_REMOVEDIR)
+			return "", -1, fmt.Errorf("setting mode or owner of %s: %w", name, err)
 		}
-		return name, f, nil
+		return name, fd, nil
 	}
-}
-
-// openObject opens the directory object name, a name without a slash in the target open as
-// top; O_NOFOLLOW opens only what we made.
-func openObject(top *os.File, name string) (*os.File, error) {
-	fd, err := unix.Openat(int(top.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening directory %s: %w", name, err)
-	}
-	return os.NewFile(uintptr(fd), name), nil
 }
 
 // maxOpenObjects is how many directory objects a writer keeps open at once: a quarter of the
@@ -740,7 +879,7 @@ func maxOpenObjects() int {
 // removeObjects deletes directory objects (files and symlinks, never followed).
 func (w *Writer) removeObjects(objs []string) {
 	for _, obj := range objs {
-		if err := w.root.RemoveAll(obj); err != nil {
+		if err := removeObject(w.root, w.topFd, obj, w.forgetContents(obj)); err != nil {
 			w.log.Error("cannot remove an old version directory", "version", obj, "error", err)
 		}
 	}
@@ -772,14 +911,19 @@ func (w *Writer) discard(staged string) {
 // swap is step 7: the one atomic step. rename(2) replaces ..data in one go; a temporary
 // symlink is needed because symlink(2) cannot replace an existing name.
 func (w *Writer) swap(staged string) error {
-	if err := w.removeOurLink(dataLinkTmp); err != nil {
-		return err
+	err := unix.Symlinkat(staged, w.topFd, dataLinkTmp)
+	if err == unix.EEXIST {
+		// A leftover of ours (a failed swap), or something else, which removeOurLink refuses.
+		if err := w.removeOurLink(dataLinkTmp); err != nil {
+			return err
+		}
+		err = unix.Symlinkat(staged, w.topFd, dataLinkTmp)
 	}
-	if err := w.root.Symlink(staged, dataLinkTmp); err != nil {
+	if err != nil {
 		return fmt.Errorf("linking %s: %w", dataLinkTmp, err)
 	}
-	if err := w.root.Rename(dataLinkTmp, dataLink); err != nil {
-		w.root.Remove(dataLinkTmp)
+	if err := unix.Renameat(w.topFd, dataLinkTmp, w.topFd, dataLink); err != nil {
+		unix.Unlinkat(w.topFd, dataLinkTmp, 0)
 		return fmt.Errorf("renaming %s over %s: %w", dataLinkTmp, dataLink, err)
 	}
 	return nil

@@ -39,7 +39,7 @@ func benchOneKey(b *testing.B, n int) {
 }
 
 func BenchmarkApplyOneKeyFlat(b *testing.B) {
-	for _, n := range []int{1000, 10000, 50000} {
+	for _, n := range []int{10, 300, 1000, 10000, 50000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) { benchChange(b, Atomic, flatBatch(n, 64), "k00007") })
 	}
 }

@@ -3,7 +3,6 @@ package writer
 import (
 	"fmt"
 	"maps"
-	"os"
 	"path"
 	"slices"
 	"strings"
@@ -164,10 +163,6 @@ func (w *Writer) desiredTops() map[string]bool {
 // link to the form it stages before it swaps.
 func (w *Writer) switchForm(bucketed bool) (err error) {
 	sw := &switching{w: w}
-	defer sw.close()
-	if sw.top, err = w.root.Open("."); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			w.removeObjects(sw.made)
@@ -193,7 +188,7 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 			leaves[bucketDir(n)] = append(leaves[bucketDir(n)], n)
 		}
 		for leaf, ns := range leaves {
-			obj, err := sw.object(func(to *os.File) error { return sw.putTops(to, ns) })
+			obj, err := sw.object(func(to int, toName string) error { return sw.putTops(to, toName, ns) })
 			if err != nil {
 				return err
 			}
@@ -204,7 +199,7 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 				if depth(d) != level {
 					continue
 				}
-				obj, err := sw.object(func(to *os.File) error { return sw.putLinks(to, entries) })
+				obj, err := sw.object(func(to int, _ string) error { return sw.putLinks(to, entries) })
 				if err != nil {
 					return err
 				}
@@ -222,11 +217,11 @@ func (w *Writer) switchForm(bucketed bool) (err error) {
 			}
 		}
 	}
-	both, err := sw.object(func(to *os.File) error {
+	both, err := sw.object(func(to int, toName string) error {
 		if err := sw.putLinks(to, buckets); err != nil {
 			return err
 		}
-		return sw.putTops(to, names)
+		return sw.putTops(to, toName, names)
 	})
 	if err != nil {
 		return err
@@ -277,34 +272,27 @@ func (w *Writer) formPath(bucketed bool, p string) string {
 // switching holds the objects switchForm made.
 type switching struct {
 	w    *Writer
-	top  *os.File // the target directory, open
 	made []string
 }
 
-func (sw *switching) close() {
-	if sw.top != nil {
-		sw.top.Close()
-	}
-}
-
-// object makes a new object and fills it with fill.
-func (sw *switching) object(fill func(to *os.File) error) (string, error) {
-	name, to, err := sw.w.makeObject(sw.top)
+// object makes a new object and fills it with fill, which gets it open, and its name.
+func (sw *switching) object(fill func(to int, toName string) error) (string, error) {
+	name, to, err := sw.w.makeObject(sw.w.topFd)
 	if err != nil {
 		return "", err
 	}
 	sw.made = append(sw.made, name)
-	defer to.Close()
-	if err := fill(to); err != nil {
+	defer unix.Close(to)
+	if err := fill(to, name); err != nil {
 		return "", fmt.Errorf("switching the top level's form: %w", err)
 	}
 	return name, nil
 }
 
 // putLinks creates a symlink name -> ../obj for each entry of links.
-func (sw *switching) putLinks(to *os.File, links map[string]string) error {
+func (sw *switching) putLinks(to int, links map[string]string) error {
 	for name, obj := range links {
-		if err := unix.Symlinkat("../"+obj, int(to.Fd()), name); err != nil {
+		if err := unix.Symlinkat("../"+obj, to, name); err != nil {
 			return fmt.Errorf("linking %s: %w", name, err)
 		}
 	}
@@ -314,13 +302,13 @@ func (sw *switching) putLinks(to *os.File, links map[string]string) error {
 // putTops puts top-level names into to as the live tree holds them: a directory as a symlink
 // to its object, a file as a hard link to its live file (a copy if linking fails). The live
 // objects are opened one at a time: bucketed, there may be 512 of them.
-func (sw *switching) putTops(to *os.File, names []string) error {
+func (sw *switching) putTops(to int, toName string, names []string) error {
 	w := sw.w
 	files := map[string][]string{} // live object -> the names of files it holds
 	for _, n := range names {
 		tp := w.treePath(n)
 		if obj, isDir := w.dirObj[tp]; isDir {
-			if err := unix.Symlinkat("../"+obj, int(to.Fd()), n); err != nil {
+			if err := unix.Symlinkat("../"+obj, to, n); err != nil {
 				return fmt.Errorf("linking %s: %w", n, err)
 			}
 			continue
@@ -329,7 +317,7 @@ func (sw *switching) putTops(to *os.File, names []string) error {
 		files[obj] = append(files[obj], n)
 	}
 	for obj, ns := range files {
-		if err := sw.linkFiles(to, obj, ns); err != nil {
+		if err := sw.linkFiles(to, toName, obj, ns); err != nil {
 			return err
 		}
 	}
@@ -338,22 +326,22 @@ func (sw *switching) putTops(to *os.File, names []string) error {
 
 // linkFiles hard-links the files names of the live object obj into to (copies them if
 // linking fails).
-func (sw *switching) linkFiles(to *os.File, obj string, names []string) error {
+func (sw *switching) linkFiles(to int, toName, obj string, names []string) error {
 	w := sw.w
-	from, err := openObject(sw.top, obj)
+	from, err := w.openObject(obj)
 	if err != nil {
-		return err
+		return fmt.Errorf("opening %s: %w", obj, err)
 	}
-	defer from.Close()
+	defer unix.Close(from)
 	for _, n := range names {
-		if unix.Linkat(int(from.Fd()), n, int(to.Fd()), n, 0) == nil {
+		if unix.Linkat(from, n, to, n, 0) == nil {
 			continue
 		}
 		data, err := w.readLive(n)
 		if err != nil {
 			return err
 		}
-		if err := w.createFileAt(to, to.Name(), n, data); err != nil {
+		if err := w.createFileAt(to, toName, n, data); err != nil {
 			return err
 		}
 	}

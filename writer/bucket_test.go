@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -390,4 +391,54 @@ func TestStreamWrongFormGuessConverges(t *testing.T) {
 			assertNoSpool(t, w, dir)
 		})
 	}
+}
+
+// TestAtomicUnchangedBucketLinksAreSharedAndReopenCleanly: a change shares the symlinks of the
+// buckets it does not touch with the previous version (hard links, as unchanged files are),
+// each still pointing at its object; a writer opened on the target afterwards finds nothing
+// to rebuild and converges with no change.
+func TestAtomicUnchangedBucketLinksAreSharedAndReopenCleanly(t *testing.T) {
+	w, dir := open(t, Atomic)
+	w.opts.NoSync = true
+	mustApply(t, w, flatBatch(300, 16))
+	if !w.bucketed {
+		t.Fatal("300 flat keys are not bucketed")
+	}
+	for i := range 3 {
+		mustApply(t, w, batch(int64(i+2), put("k00007", fmt.Sprint("changed ", i))))
+	}
+	root := filepath.Join(dir, w.version)
+	shared := 0
+	for _, name := range names(t, root) {
+		fi, err := os.Lstat(filepath.Join(root, name))
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Fatalf("%s in the root: %v, mode %v", name, err, fi.Mode())
+		}
+		target, err := os.Readlink(filepath.Join(root, name))
+		if err != nil || target != "../"+w.dirObj[name] {
+			t.Errorf("%s -> %q (%v), want ../%s", name, target, err, w.dirObj[name])
+		}
+		if fi.Sys().(*syscall.Stat_t).Nlink > 1 {
+			shared++
+		}
+	}
+	if shared == 0 {
+		t.Error("no bucket link of the root is shared with the previous version")
+	}
+	want := visible(t, dir)
+	w.Close()
+	w2 := openAt(t, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+	if w2.rebuild || len(w2.fix) > 0 {
+		t.Fatalf("reopened: rebuild %v, %d files to fix", w2.rebuild, len(w2.fix))
+	}
+	b := flatBatch(300, 16)
+	for i := range b.Changes {
+		if b.Changes[i].Key == "k00007" {
+			b.Changes[i].Value = []byte("changed 2")
+		}
+	}
+	if res := mustApply(t, w2, b); res.Changed {
+		t.Errorf("the same tree again: %+v", res)
+	}
+	assertTree(t, "after reopening", visible(t, dir), want)
 }

@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -24,11 +25,10 @@ func (w *Writer) createFile(name string, data []byte, syncFile bool) (err error)
 	return w.createFileMode(name, data, syncFile, w.opts.Mode)
 }
 
-// createFileAt is createFile for a single name in the open directory dir (one openat(2),
-// no walk from the root); dirName is for errors. O_NOFOLLOW and O_EXCL: nothing there is
-// followed or reused.
-func (w *Writer) createFileAt(dir *os.File, dirName, name string, data []byte) (err error) {
-	dirFd := int(dir.Fd())
+// createFileAt is createFile for a single name in the directory open as dirFd (one
+// openat(2), no walk from the root); dirName is for errors. O_NOFOLLOW and O_EXCL: nothing
+// there is followed or reused.
+func (w *Writer) createFileAt(dirFd int, dirName, name string, data []byte) (err error) {
 	fd, err := unix.Openat(dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC,
 		uint32(w.opts.Mode))
 	if err != nil {
@@ -167,6 +167,24 @@ func chown(lstat func(string) (os.FileInfo, error), lchown func(string, int, int
 	return nil
 }
 
+// chownFd is chown for the file open as fd.
+func chownFd(fd int, name string, uid, gid int) error {
+	if uid == -1 && gid == -1 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("setting owner of %s: %w", name, err)
+	}
+	if (uid == -1 || int(st.Uid) == uid) && (gid == -1 || int(st.Gid) == gid) {
+		return nil
+	}
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return fmt.Errorf("setting owner of %s: %w", name, err)
+	}
+	return nil
+}
+
 // readFile reads the regular file name, refusing a symlink in its place.
 func (w *Writer) readFile(name string) ([]byte, error) {
 	fi, err := w.root.Lstat(name)
@@ -261,12 +279,7 @@ func (w *Writer) syncAll() error {
 	if w.opts.NoSync {
 		return nil
 	}
-	f, err := w.root.Open(".")
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", w.absDir, err)
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
+	if err := unix.Syncfs(w.topFd); err != nil {
 		return fmt.Errorf("syncing %s: %w", w.absDir, err)
 	}
 	return nil
@@ -277,6 +290,12 @@ func (w *Writer) syncDir(name string) error {
 	if w.opts.NoSync {
 		return nil
 	}
+	if name == "." {
+		if err := unix.Fsync(w.topFd); err != nil {
+			return fmt.Errorf("syncing directory %s: %w", w.absDir, err)
+		}
+		return nil
+	}
 	f, err := w.root.Open(name)
 	if err != nil {
 		return fmt.Errorf("syncing directory %s: %w", name, err)
@@ -284,6 +303,87 @@ func (w *Writer) syncDir(name string) error {
 	defer f.Close()
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("syncing directory %s: %w", name, err)
+	}
+	return nil
+}
+
+// The Atomic layout's hot path works on open directory descriptors with *at system calls
+// (openat, mkdirat, linkat, symlinkat, unlinkat, renameat, readlinkat) instead of os.Root,
+// whose checked walks cost an openat, an fstat and the poller's fcntls per call. This is as
+// safe: every name given to them is a single path component, never "." or "..", and has no
+// slash (object names we generate or versionName matches, our reserved link names, and key
+// segments, which KeyPath checks), so there is no path to walk and nothing to escape through;
+// the only component is opened with O_NOFOLLOW, and unlinkat, renameat, linkat (without
+// AT_SYMLINK_FOLLOW) and readlinkat act on a symlink itself, never on what it points at.
+
+// openDirAt opens directory name, a single component, in the directory open as dirFd,
+// without following a symlink in its place.
+func openDirAt(dirFd int, name string) (int, error) {
+	for {
+		fd, err := unix.Openat(dirFd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+// direntBufs holds buffers for getdents(2), so a listing costs no 8 KiB allocation.
+var direntBufs = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
+
+// readNamesAt appends the names in the directory open as fd, freshly opened, to names.
+func readNamesAt(fd int, names []string) ([]string, error) {
+	bp := direntBufs.Get().(*[]byte)
+	defer direntBufs.Put(bp)
+	for {
+		n, err := unix.ReadDirent(fd, *bp)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return names, err
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent((*bp)[:n], -1, names)
+	}
+}
+
+// removeObject removes directory object obj of the target open as topFd: one openat, a
+// listing unless the caller knows the names in it, an unlinkat per entry and one for the
+// directory, where os.Root.RemoveAll costs several system calls per step. An object holds
+// only files and symlinks (a subdirectory is a symlink to another object), and unlinkat
+// removes a symlink itself. Anything else there (a real subdirectory, as versions had before
+// directories were shared) is left to os.Root.RemoveAll.
+func removeObject(r *os.Root, topFd int, obj string, names []string) error {
+	fd, err := openDirAt(topFd, obj)
+	if err == unix.ENOENT {
+		return nil
+	}
+	if err != nil {
+		return r.RemoveAll(obj)
+	}
+	known := names != nil
+	if !known {
+		names, err = readNamesAt(fd, nil)
+	}
+	for _, name := range names {
+		if err != nil {
+			break
+		}
+		if uerr := unix.Unlinkat(fd, name, 0); uerr != nil && uerr != unix.ENOENT {
+			err = uerr
+		}
+	}
+	unix.Close(fd)
+	if err == nil {
+		err = unix.Unlinkat(topFd, obj, unix.AT_REMOVEDIR)
+	}
+	if known && (err == unix.ENOTEMPTY || err == unix.EEXIST) {
+		return removeObject(r, topFd, obj, nil) // more than we knew of
+	}
+	if err != nil && err != unix.ENOENT {
+		return r.RemoveAll(obj)
 	}
 	return nil
 }

@@ -99,7 +99,7 @@ type streamObject struct {
 const inPlace = "/"
 
 type spoolJob struct {
-	dir     *os.File // where to create the file: the spool; nil for an object, opened by dirName
+	dir     int // where to create the file: the spool, open; -1 for an object, opened by dirName
 	dirName string
 	name    string
 	value   []byte
@@ -223,7 +223,7 @@ func (s *Stream) flush() {
 // failure.
 func (s *Stream) write() {
 	defer s.wg.Done()
-	dirs := dirCache{top: s.top, max: max(1, s.w.maxOpen/runtime.GOMAXPROCS(0))}
+	dirs := dirCache{top: int(s.top.Fd()), max: max(1, s.w.maxOpen/runtime.GOMAXPROCS(0))}
 	defer dirs.close()
 	for batch := range s.jobs {
 		for _, j := range batch {
@@ -231,7 +231,7 @@ func (s *Stream) write() {
 				break
 			}
 			dir, err := j.dir, error(nil)
-			if dir == nil {
+			if dir < 0 {
 				dir, err = dirs.open(j.dirName)
 			}
 			if err == nil {
@@ -260,6 +260,9 @@ func (s *Stream) write() {
 // values already written are gone, so this one cannot be tried again at once, as Apply is.
 func (s *Stream) fail(err error) error {
 	s.Abort()
+	if isNoSpace(err) {
+		s.w.Tidy()
+	}
 	if w := s.w; isNoSpace(err) && len(w.retired) > 0 {
 		w.log.Warn("no space left on the target's file system; removing the previous version so the next full sync fits",
 			"directories", len(w.retired))
@@ -337,7 +340,7 @@ func (s *Stream) Add(changes []Change) error {
 				return s.fail(err)
 			}
 			e.spool = inPlace
-			j := spoolJob{dirName: o.name, name: name, value: c.Value}
+			j := spoolJob{dir: -1, dirName: o.name, name: name, value: c.Value}
 			if name == p {
 				j.link = e // a top-level key
 			}
@@ -345,7 +348,7 @@ func (s *Stream) Add(changes []Change) error {
 		} else {
 			s.n++
 			e.spool = strconv.Itoa(s.n)
-			s.batch = append(s.batch, spoolJob{dir: s.dir, dirName: s.name, name: e.spool, value: c.Value})
+			s.batch = append(s.batch, spoolJob{dir: int(s.dir.Fd()), dirName: s.name, name: e.spool, value: c.Value})
 		}
 		if len(s.batch) >= jobBatch {
 			s.flush()
@@ -413,11 +416,11 @@ func (s *Stream) object(d string) (*streamObject, error) {
 	if o := s.objs[d]; o != nil {
 		return o, nil
 	}
-	name, f, err := s.w.makeObject(s.top)
+	name, fd, err := s.w.makeObject(int(s.top.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("creating a directory object: %w", noSpace(err, s.w.absDir))
 	}
-	f.Close() // the workers open it as they need it
+	unix.Close(fd) // the workers open it as they need it
 	o := &streamObject{name: name}
 	s.objs[d] = o // so that Abort removes it
 	return o, nil
@@ -446,16 +449,16 @@ func (s *Stream) spooled(p string, e *entry) string {
 // streamed full batch wrote d's values into, the first time it is asked for, if the stage
 // uses the stream's form (a stage tried again, after its first try removed its objects, gets
 // a new one, and the values written in place are lost).
-func (w *Writer) stagedObject(top *os.File, d string) (string, *os.File, error) {
+func (w *Writer) stagedObject(top int, d string) (string, int, error) {
 	if s := w.stream; s != nil && s.bucketed == w.bucketed {
 		if o := s.objs[d]; o != nil {
 			if !o.handed {
-				f, err := openObject(top, o.name)
+				fd, err := openDirAt(top, o.name)
 				if err != nil {
-					return "", nil, err
+					return "", -1, fmt.Errorf("opening directory %s: %w", o.name, err)
 				}
 				o.handed = true
-				return o.name, f, nil
+				return o.name, fd, nil
 			}
 			delete(s.objs, d)
 		}
@@ -665,32 +668,32 @@ func (w *Writer) waitSweep() {
 // directory usually come together, but a bucketed top level spreads flat keys over up to 512
 // objects. When full, it closes them all (cheaper than tracking which was used last).
 type dirCache struct {
-	top   *os.File // the target
-	max   int
-	files map[string]*os.File
+	top int // the target, open
+	max int
+	fds map[string]int
 }
 
-func (c *dirCache) open(name string) (*os.File, error) {
-	if f := c.files[name]; f != nil {
-		return f, nil
+func (c *dirCache) open(name string) (int, error) {
+	if fd, ok := c.fds[name]; ok {
+		return fd, nil
 	}
-	if len(c.files) >= c.max {
+	if len(c.fds) >= c.max {
 		c.close()
 	}
-	f, err := openObject(c.top, name)
+	fd, err := openDirAt(c.top, name)
 	if err != nil {
-		return nil, err
+		return -1, fmt.Errorf("opening directory %s: %w", name, err)
 	}
-	if c.files == nil {
-		c.files = map[string]*os.File{}
+	if c.fds == nil {
+		c.fds = map[string]int{}
 	}
-	c.files[name] = f
-	return f, nil
+	c.fds[name] = fd
+	return fd, nil
 }
 
 func (c *dirCache) close() {
-	for _, f := range c.files {
-		f.Close()
+	for _, fd := range c.fds {
+		unix.Close(fd)
 	}
-	clear(c.files)
+	clear(c.fds)
 }

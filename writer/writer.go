@@ -126,11 +126,17 @@ type Writer struct {
 	dirMode os.FileMode
 	log     *slog.Logger
 	root    *os.Root
-	lock    *os.File // holds the flock on lockName while the writer is open
-	closed  bool
-	absDir  string
-	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go).
-	modeAtCreate bool
+	// top is the target directory, open for the writer's life: the hot path works on it with
+	// *at system calls and single-component names (see openDirAt), not through the root's
+	// checked walks, which cost several system calls each.
+	top    *os.File
+	topFd  int
+	lock   *os.File // holds the flock on lockName while the writer is open
+	closed bool
+	absDir string
+	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go), and
+	// dirModeAtCreate: directories get dirMode and our owner from mkdir(2) alone.
+	modeAtCreate, dirModeAtCreate bool
 
 	// The desired state: every accepted key, and for each directory the number of keys below
 	// it. A key with keys below it is shadowed: the directory wins.
@@ -147,12 +153,16 @@ type Writer struct {
 	fix  map[string]bool
 
 	// Atomic layout.
-	version  string            // the root directory object ..data points at; "" before the first
-	dirObj   map[string]string // directory path of the live tree ("" for its root) -> its object
-	retired  []string          // objects of the previous version only, kept for readers still inside it
-	rebuild  bool              // the live version holds junk or wrong directory modes
-	relink   bool              // check every top-level link at the next Apply
-	unlinked map[string]bool   // top-level names taken by an entry that is not ours
+	version string            // the root directory object ..data points at; "" before the first
+	dirObj  map[string]string // directory path of the live tree ("" for its root) -> its object
+	retired []string          // objects of the previous version only, kept for readers still inside it
+	// contents holds the names in some of the retired objects, as the stage listed them, so
+	// that their removal needs no listing; known counts them.
+	contents map[string][]string
+	known    int
+	rebuild  bool            // the live version holds junk or wrong directory modes
+	relink   bool            // check every top-level link at the next Apply
+	unlinked map[string]bool // top-level names taken by an entry that is not ours
 	// The form of the top level (bucket.go): bucketed stores NAME under ..X/..Y/..Z/NAME, and
 	// mixed says the live root also holds the other form (a switch was cut short). tops is
 	// the number of top-level names of the live tree.
@@ -162,6 +172,7 @@ type Writer struct {
 	bucketAbove, flatBelow int
 	maxOpen                int           // directory objects kept open at once (maxOpenObjects)
 	pruning                chan struct{} // closed once the retired objects being removed are gone
+	pending                []string      // retired objects no version reaches, left for Tidy
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
@@ -224,6 +235,7 @@ func Open(opts Options) (*Writer, error) {
 		dirMode: dirMode(opts.Mode),
 		log:     opts.Logger.With("dir", abs, "layout", opts.Layout.String()),
 		absDir:  abs,
+		topFd:   -1,
 
 		bucketAbove: bucketAbove,
 		flatBelow:   flatBelow,
@@ -243,7 +255,7 @@ func (w *Writer) open() error {
 	w.waitSweep()
 	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
-	w.dirObj, w.retired = make(map[string]string), nil
+	w.dirObj, w.retired, w.contents, w.known = make(map[string]string), nil, make(map[string][]string), 0
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
 	w.bucketed, w.mixed, w.tops, w.otherHalf = false, false, 0, nil
 	if err := w.openDir(); err != nil {
@@ -287,14 +299,19 @@ func (w *Writer) openDir() error {
 		return err
 	}
 	w.modeAtCreate = modeAtCreate(w.absDir, w.opts.Mode, w.opts.UID, w.opts.GID)
+	w.dirModeAtCreate = modeAtCreate(w.absDir, w.dirMode, w.opts.UID, w.opts.GID)
 	root, err := os.OpenRoot(w.absDir)
 	if err != nil {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.root = root
+	if w.top, err = root.Open("."); err != nil {
+		w.release()
+		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
+	}
+	w.topFd = int(w.top.Fd())
 	if err := w.lockTarget(); err != nil {
-		w.root.Close()
-		w.root = nil
+		w.release()
 		return err
 	}
 	return nil
@@ -336,9 +353,10 @@ func (w *Writer) lockTarget() error {
 // needed, with its lock. It reports whether it did: the model then holds only what is in
 // the new directory, and only a Full batch can fill it.
 func (w *Writer) reopenIfGone() (bool, error) {
-	held, herr := w.root.Stat(".")
-	now, nerr := os.Stat(w.absDir)
-	if herr == nil && nerr == nil && os.SameFile(held, now) {
+	var held, now unix.Stat_t
+	herr := unix.Fstat(w.topFd, &held)
+	nerr := unix.Stat(w.absDir, &now)
+	if herr == nil && nerr == nil && held.Dev == now.Dev && held.Ino == now.Ino {
 		return false, nil
 	}
 	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
@@ -540,8 +558,12 @@ func (w *Writer) Close() error {
 
 func (w *Writer) release() error {
 	var err error
+	if w.top != nil {
+		err = w.top.Close()
+		w.top, w.topFd = nil, -1
+	}
 	if w.root != nil {
-		err = w.root.Close()
+		err = errors.Join(err, w.root.Close())
 		w.root = nil
 	}
 	if w.lock != nil {

@@ -69,6 +69,37 @@ func TestAtomicKeepsOnlyThePreviousVersion(t *testing.T) {
 	}
 }
 
+// TestAtomicTidyRemovesWhatApplyLeft: a one-key change leaves the version before the
+// previous one for Tidy (the caller's signal comes first); Tidy removes it, and without
+// Tidy the next Apply does, before it stages.
+func TestAtomicTidyRemovesWhatApplyLeft(t *testing.T) {
+	w, dir := open(t, Atomic)
+	versions := func() (n int) {
+		for _, name := range names(t, dir) {
+			if versionName.MatchString(name) {
+				n++
+			}
+		}
+		return n
+	}
+	for i := range 3 {
+		mustApply(t, w, batch(int64(i+1), put("a", string(rune('0'+i)))))
+	}
+	if n := versions(); n != 3 {
+		t.Fatalf("%d version directories before Tidy, want 3 (live, previous, left for Tidy)", n)
+	}
+	w.Tidy()
+	if n := versions(); n != 2 {
+		t.Fatalf("%d version directories after Tidy, want 2", n)
+	}
+	mustApply(t, w, batch(4, put("a", "3")))
+	mustApply(t, w, batch(5, put("a", "4")))
+	if n := versions(); n != 3 {
+		t.Fatalf("%d version directories after two changes without Tidy, want 3", n)
+	}
+	assertTree(t, "target", visible(t, dir), tree{"a": "4"})
+}
+
 func TestDeleteRemovesFileAndEmptyDirectories(t *testing.T) {
 	for _, layout := range layouts {
 		t.Run(layout.String(), func(t *testing.T) {
