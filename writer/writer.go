@@ -3,7 +3,9 @@
 //
 // Guarantees:
 //   - Nothing is written, followed or deleted outside the target directory: every key goes
-//     through KeyPath, and every file system operation goes through an os.Root opened on it.
+//     through KeyPath, and every file system operation goes through an os.Root opened on it,
+//     or through the target's open descriptor with *at system calls on single path
+//     components, never following a symlink (fs.go, openDirAt).
 //   - Files this package did not create are never deleted. In the Atomic layout they are not
 //     overwritten either; in the Plain layout a key that maps onto one overwrites it, because
 //     the key asks for exactly that file.
