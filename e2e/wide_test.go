@@ -763,8 +763,9 @@ func TestWideCheckMirrorCmdSeesEveryName(t *testing.T) {
 }
 
 // With few file descriptors, a prefix of many top-level directories (one per host or
-// service) and one of many flat names (hundreds of buckets) still start, take a change to
-// every value, and switch form: the writer never needs a descriptor per directory at once.
+// service) and one of many flat names (hundreds of buckets) still start, take a restart that
+// changes or removes every key and switches form: the writer never needs a descriptor per
+// directory at once.
 // Some hosts and docker run --ulimit give 1024 (soft and hard), which 3000 directories or
 // 5000 flat names exceeded; the test scales that down to ulimit -n 256, 400 directories and
 // 400 flat names (about 280 buckets).
@@ -800,8 +801,9 @@ func TestWideWithFewFileDescriptors(t *testing.T) {
 			}
 			put(0, tc.n, "first")
 			once()
-			put(0, tc.n, "second")
-			once()
+			// Every value changed or gone (every object of the tree edited), and below the flat
+			// threshold: a switch after the swap.
+			put(0, 100, "second")
 			put(100, tc.n, "")
 			once()
 		})
