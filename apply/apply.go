@@ -78,6 +78,7 @@ type Pipeline struct {
 	started       chan error // receives once, when the first batch has been applied
 	first         bool       // the first batch was applied
 	owed          bool       // a change was not notified because a template failed
+	notified      bool       // the last apply told the command (or a binding's) of a new version
 	onFirst       func()
 }
 
@@ -133,6 +134,7 @@ func (p *Pipeline) Func() source.ApplyFunc {
 	p.quiet = quiesce.New(p.cfg.Wait, p.cfg.MaxWait, p.Apply)
 	p.quiet.Settle = p.cfg.Settle
 	p.quiet.Failed = p.delayedFailed
+	p.quiet.Notified = func() bool { return p.notified }
 	return p.quiet.Apply
 }
 
@@ -156,6 +158,7 @@ func (p *Pipeline) Apply(ctx context.Context, b source.Batch) error {
 }
 
 func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
+	p.notified = false
 	if b.Next != nil && p.w == nil {
 		if err := b.Collect(ctx); err != nil {
 			return err // etcd's
@@ -200,14 +203,18 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 			p.onFirst()
 		}
 		if len(p.cfg.Command) > 0 && !p.cfg.Once {
+			p.notified = true
 			p.started <- p.child.Start(p.cfg.Command, p.env)
+			p.logApplied(b.Revision, res, "")
 			return nil
 		}
 		// No command to start on the new files: run the reload commands, as confd does.
+		signalled := ""
 		if res.Changed || rendered {
-			p.notify(ctx, b.Revision)
+			signalled = p.notify(ctx, b.Revision)
 		}
 		p.started <- nil
+		p.logApplied(b.Revision, res, signalled)
 		return nil
 	}
 	changed := res.Changed || rendered || p.owed
@@ -217,11 +224,30 @@ func (p *Pipeline) apply(ctx context.Context, b source.Batch) error {
 			"revision", b.Revision)
 		return nil
 	}
+	signalled := ""
 	if changed {
 		p.owed = false
-		p.notify(ctx, b.Revision)
+		signalled = p.notify(ctx, b.Revision)
 	}
+	p.logApplied(b.Revision, res, signalled)
 	return nil
+}
+
+// logApplied is the one line an applied batch costs, written after its notification: each
+// line is a write to a pipe that someone (a container's log) reads, and the command should not
+// wait for it. signalled names the signal sent, if one was.
+func (p *Pipeline) logApplied(revision int64, res writer.Result, signalled string) {
+	if !res.Changed && signalled == "" {
+		return
+	}
+	attrs := []any{"revision", revision, "written", res.Written, "removed", res.Removed, "skipped", res.Skipped}
+	if res.Version != "" {
+		attrs = append(attrs, "version", res.Version)
+	}
+	if signalled != "" {
+		attrs = append(attrs, "signal", signalled)
+	}
+	p.log.Info("batch applied", attrs...)
 }
 
 // mirrored is the batch for the writer: only the keys --include and --exclude keep.
@@ -343,6 +369,7 @@ func (p *Pipeline) reloadBindings(ctx context.Context, replaced []string) bool {
 				return changed
 			}
 		}
+		p.notified = true
 		if err := h.Reload.Run(ctx, p.child, p.env, dest, dest); err != nil {
 			p.log.Error("reload command of a binding failed", "binding", h.Name, "dest", dest, "err", err)
 		} else {
@@ -354,38 +381,41 @@ func (p *Pipeline) reloadBindings(ctx context.Context, replaced []string) bool {
 
 // notify tells the command that a new version is live: the reload command if there is one,
 // then what --on-change says (a reload command replaces the default signal unless --signal
-// is also given).
-func (p *Pipeline) notify(ctx context.Context, revision int64) {
+// is also given). It returns the name of the signal it sent, if it sent one.
+func (p *Pipeline) notify(ctx context.Context, revision int64) (signalled string) {
 	if r := p.cfg.Reload; len(r.Argv) > 0 {
+		p.notified = true
 		if err := r.Run(ctx, p.child, p.env, p.cfg.Target, p.cfg.Target); err != nil {
 			p.log.Error("reload command failed", "revision", revision, "err", err)
 		} else {
 			p.log.Info("reload command ran", "revision", revision, "command", r.Argv[0])
 		}
 		if p.cfg.OnChange == "signal" && !p.cfg.SignalOnReload {
-			return
+			return ""
 		}
 	}
 	if len(p.cfg.Command) == 0 {
-		return
+		return ""
 	}
 	switch p.cfg.OnChange {
 	case "restart":
+		p.notified = true
 		if err := p.child.Restart(p.cfg.Command, p.env); err != nil {
 			p.log.Warn("could not restart the command", "revision", revision, "err", err)
 		} else {
 			p.log.Info("command restarted", "revision", revision)
 		}
-		return
+		return ""
 	case "none":
-		return
+		return ""
 	}
 	if err := p.child.Signal(p.cfg.Signal); err != nil {
 		p.log.Warn("could not signal the command", "signal", p.cfg.Signal.String(), "err", err)
-	} else {
-		p.m.SignalSent()
-		p.log.Info("signal sent", "signal", p.cfg.Signal.String(), "revision", revision)
+		return ""
 	}
+	p.notified = true
+	p.m.SignalSent()
+	return p.cfg.Signal.String()
 }
 
 // MirrorCheck is the writer's Check: the mirror's check command on the staged version

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/config"
 	"github.com/etcd-config-dispenser/etcd-config-dispenser/hook"
@@ -326,5 +328,106 @@ func TestBindingReloadAtTheFirstSync(t *testing.T) {
 		if ran := err == nil; ran != (command == nil) {
 			t.Errorf("command %v: binding's reload ran: %v", command, ran)
 		}
+	}
+}
+
+// lineLog is a log that counts its lines, for a child that notes how many were written when
+// it was signalled.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func (l *lineLog) since(n int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines[n:]...)
+}
+
+type signalNotingChild struct {
+	fakeChild
+	log      *lineLog
+	atSignal int // lines written before the last signal
+}
+
+func (c *signalNotingChild) Signal(sig syscall.Signal) error {
+	c.atSignal = len(c.log.since(0))
+	return c.fakeChild.Signal(sig)
+}
+
+// A change costs one log line, written after the signal: each line is a write to a pipe
+// someone reads (a container's log), and the signal should not wait for it.
+func TestAChangeIsLoggedOnceAfterItsSignal(t *testing.T) {
+	logs := &lineLog{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	target := filepath.Join(t.TempDir(), "target")
+	w, err := writer.Open(writer.Options{Dir: target, Mode: 0o600, UID: -1, GID: -1, NoSync: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	child := &signalNotingChild{log: logs}
+	cfg := config.Config{Prefix: "/p", Target: target, Signal: syscall.SIGHUP, Mode: 0o600, UID: -1, GID: -1,
+		OnChange: "signal", Command: []string{"server"}}
+	p, err := New(Options{Config: cfg, Writer: w, Child: child, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := p.Apply(ctx, batch(5, true, "a", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.Started(); err != nil {
+		t.Fatal(err)
+	}
+	before := len(logs.since(0))
+	if err := p.Apply(ctx, batch(6, false, "a", "2", "b", "3")); err != nil {
+		t.Fatal(err)
+	}
+	lines := logs.since(before)
+	if len(lines) != 1 {
+		t.Fatalf("a change logged %d lines, want 1: %q", len(lines), lines)
+	}
+	for _, want := range []string{"revision=6", "written=2", "removed=0", "signal=hangup"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("line %q does not say %s", lines[0], want)
+		}
+	}
+	if child.atSignal != before {
+		t.Errorf("%d lines were written before the signal, want 0", child.atSignal-before)
+	}
+}
+
+// Through the quiesce buffer (--settle): a batch that changes nothing notifies nothing and so
+// starts no settle time; the change after it is signalled at once.
+func TestANoOpBatchDoesNotHoldTheNextChange(t *testing.T) {
+	const settle = 200 * time.Millisecond
+	p, child, _ := setup(t, func(c *config.Config) { c.Settle = settle; c.Templates = nil })
+	apply := p.Func()
+	defer p.Stop()
+	ctx := context.Background()
+	if err := apply(ctx, batch(5, true, "a", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.Started(); err != nil {
+		t.Fatal(err)
+	}
+	// The start's settle time has to pass (not a synchronisation), then the same value again.
+	time.Sleep(settle)
+	if err := apply(ctx, batch(6, false, "a", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(ctx, batch(7, false, "a", "2")); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(child.Calls(), ","); got != "start,signal hangup" {
+		t.Fatalf("calls %s right after the change, want start, then its signal at once", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -167,7 +168,32 @@ func (b *bench) fleet(f *fleetFigures, bin binary, endpoint string, proxy *serve
 	// PSS shares the binary's pages among the processes that map them: what each one adds.
 	f.add(b, "PSS per dispenser (mean)", bin, float64(pss)/1024/float64(n))
 
+	// The fleet's own CPU across the puts: a fan-out bound by CPU shows here, one bound by
+	// waiting does not.
+	fleetCPU := func() (d time.Duration) {
+		for _, r := range fleet {
+			c, _ := cpuTime(r.pid())
+			d += c
+		}
+		return d
+	}
+	switches := func() (n int64) {
+		for _, r := range fleet {
+			tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", r.pid()))
+			for _, t := range tasks {
+				data, _ := os.ReadFile(t)
+				for _, line := range strings.Split(string(data), "\n") {
+					if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+						c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+						n += c
+					}
+				}
+			}
+		}
+		return n
+	}
 	etcd0, proxy0 = cpu(b.etcd), cpu(proxy)
+	fleet0, switches0 := fleetCPU(), switches()
 	for i := 0; i < *fleetPut; i++ {
 		for _, r := range fleet {
 			r.drain()
@@ -190,6 +216,8 @@ func (b *bench) fleet(f *fleetFigures, bin binary, endpoint string, proxy *serve
 		f.add(b, "p99 put -> all targets updated (child signalled)", bin, ms(last.Sub(t0)))
 	}
 	f.add(b, "etcd CPU per put", bin, ms(cpu(b.etcd)-etcd0)/float64(*fleetPut))
+	f.add(b, fmt.Sprintf("CPU of the %d dispensers per put", n), bin, ms(fleetCPU()-fleet0)/float64(*fleetPut))
+	f.note("context switches per dispenser per put", bin, fmt.Sprintf("%.1f", float64(switches()-switches0)/float64(n)/float64(*fleetPut)))
 	if proxy != nil {
 		f.add(b, "grpc-proxy CPU per put", bin, ms(cpu(proxy)-proxy0)/float64(*fleetPut))
 	}

@@ -87,7 +87,7 @@ func TestNginxNeverLoadsAMismatchedPair(t *testing.T) {
 		}
 	}
 	reloads := strings.Count(string(b), "(SIGHUP) received")
-	signals := len(d.stderr.lines("signal sent"))
+	signals := len(d.stderr.lines("batch applied", "signal="))
 	t.Logf("%d signals sent, %d nginx reloads, %d failed", signals, reloads, len(failed))
 	if len(failed) > 0 {
 		t.Fatalf("nginx refused %d of %d reloads, e.g.:\n%s", len(failed), reloads, strings.Join(failed[:min(3, len(failed))], "\n"))

@@ -142,7 +142,7 @@ func TestNginxOnARenderedConfigCheckedWithStaged(t *testing.T) {
 	get("hello\n")
 	txn(t, c, "/web/msg", "world")
 	get("world\n")
-	waitLog(t, d, "signal sent")
+	waitLog(t, d, "batch applied", "signal=")
 	good, _ := os.ReadFile(dest)
 	txn(t, c, "/web/nginx/port", "bogus")
 	waitLog(t, d, "template refused by its check command", `invalid port`)
@@ -150,7 +150,7 @@ func TestNginxOnARenderedConfigCheckedWithStaged(t *testing.T) {
 		t.Fatalf("nginx.conf replaced by a refused one:\n%s", b)
 	}
 	get("world\n")
-	if n := len(d.stderr.lines("signal sent")); n != 1 {
+	if n := len(d.stderr.lines("batch applied", "signal=")); n != 1 {
 		t.Fatalf("%d signals, want 1 (none for the refused config)", n)
 	}
 }

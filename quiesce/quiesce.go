@@ -36,6 +36,10 @@ type Buffer struct {
 	// batch), so that the source resyncs at once: source.Source.Failed. Without it the error is
 	// returned by the next Apply. Set it before the first Apply.
 	Failed func(error)
+	// Notified, if set, reports whether the apply that just ended notified the command (a
+	// start, a signal, a reload): one that did not (the same value put again, a key the
+	// filters drop) put no new version in front of it, and starts no settle time.
+	Notified func() bool
 
 	mu      sync.Mutex // held while applying, so applies never overlap
 	seen    bool       // the first batch was applied
@@ -113,7 +117,9 @@ var errStopped = errors.New("quiesce: Apply after Stop")
 // applyNow applies b and starts the settle time. q.mu is held.
 func (q *Buffer) applyNow(ctx context.Context, b source.Batch) error {
 	err := q.apply(ctx, b)
-	if err == nil { // a failed apply put nothing live: nothing to settle
+	// A failed apply put nothing live, one that notified nothing told the command of nothing:
+	// neither has anything to settle.
+	if err == nil && (q.Notified == nil || q.Notified()) {
 		q.last = time.Now()
 	}
 	return err

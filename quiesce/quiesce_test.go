@@ -339,3 +339,35 @@ func TestAFailedFirstBatchIsRetriedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An apply that notified nothing (the same value put again, a key the filters drop) put no
+// new version in front of the command: it starts no settle time, and the next real change is
+// applied at once.
+func TestAnApplyThatNotifiedNothingStartsNoSettleTime(t *testing.T) {
+	r := make(recorder, 10)
+	q := New(0, 0, r.apply)
+	q.Settle = time.Hour
+	notified := false
+	q.Notified = func() bool { return notified }
+	defer q.Stop()
+	ctx := context.Background()
+	for rev := int64(1); rev <= 3; rev++ {
+		if err := q.Apply(ctx, source.Batch{Revision: rev, Changes: []source.Change{change("a", "1")}}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-r:
+		default:
+			t.Fatalf("revision %d was held, after applies that notified nothing", rev)
+		}
+	}
+	notified = true
+	q.Apply(ctx, source.Batch{Revision: 4, Changes: []source.Change{change("a", "2")}})
+	<-r
+	q.Apply(ctx, source.Batch{Revision: 5, Changes: []source.Change{change("a", "3")}})
+	select {
+	case b := <-r:
+		t.Fatalf("revision %d was applied within the settle time of a notified one", b.Revision)
+	default:
+	}
+}

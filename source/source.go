@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -291,6 +292,13 @@ func (s *Source) connect(ctx context.Context) error {
 	cfg := s.opts.Config
 	cfg.Context = ctx
 	cfg.DialTimeout = s.opts.RequestTimeout
+	// Fixed flow-control windows. gRPC's default (a window grown by bandwidth probes) answers
+	// each data frame that finds the connection idle with a window update and a ping, which
+	// etcd must read and answer: for a lone watch event, a request back to etcd per dispenser.
+	// A snapshot page (pageBytes) fits in the stream's window; what etcd may push ahead of a
+	// slow apply stays bounded by it.
+	cfg.DialOptions = append(slices.Clip(cfg.DialOptions),
+		grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow))
 	c, err := clientv3.New(cfg)
 	if err != nil {
 		err = fmt.Errorf("connecting to %s: %w", strings.Join(cfg.Endpoints, ","), err)
@@ -309,6 +317,12 @@ func (s *Source) connect(ctx context.Context) error {
 	s.client = c
 	return nil
 }
+
+// The flow-control windows of the client's connection (see connect).
+const (
+	streamWindow = 1 << 20
+	connWindow   = 2 << 20
+)
 
 // timedOut reports an error that says only that time ran out or etcd was
 // unavailable, not why.

@@ -112,9 +112,10 @@ type Options struct {
 
 // Result says what an Apply did.
 type Result struct {
-	Changed          bool // something visible changed (the caller signals the child only then)
-	Written, Removed int  // files written (new or changed content) and removed
-	Skipped          int  // keys that do not map to a safe path (logged each time)
+	Changed          bool   // something visible changed (the caller signals the child only then)
+	Written, Removed int    // files written (new or changed content) and removed
+	Skipped          int    // keys that do not map to a safe path (logged each time)
+	Version          string // the live version's directory object (Atomic layout)
 }
 
 // Writer mirrors a model of keys into Options.Dir. It is not safe for concurrent use: the
@@ -483,8 +484,10 @@ func (w *Writer) finish(revision int64, res *Result) error {
 		w.dirty[p] = struct{}{}
 	}
 	w.obstructed = w.obstructed[:0]
+	res.Version = w.version
 	if res.Changed {
-		w.log.Info("batch applied", "revision", revision, "written", res.Written,
+		// The caller logs the batch once, after its signal.
+		w.log.Debug("files written", "revision", revision, "written", res.Written,
 			"removed", res.Removed, "skipped", res.Skipped, "version", w.version)
 	} else {
 		w.log.Debug("batch changed nothing", "revision", revision, "skipped", res.Skipped)

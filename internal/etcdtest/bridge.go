@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Bridge is a TCP forwarder in front of the server's client port. It models
@@ -17,6 +18,7 @@ type Bridge struct {
 	down   bool
 	conns  map[net.Conn]struct{}
 	closed bool
+	sent   atomic.Int64 // bytes clients sent towards etcd
 }
 
 func newBridge(to string) (*Bridge, error) {
@@ -31,6 +33,9 @@ func newBridge(to string) (*Bridge, error) {
 
 // Addr is the address clients dial.
 func (b *Bridge) Addr() string { return b.l.Addr().String() }
+
+// Sent is how many bytes the clients have sent towards etcd so far.
+func (b *Bridge) Sent() int64 { return b.sent.Load() }
 
 // Drop closes every connection; clients reconnect.
 func (b *Bridge) Drop() {
@@ -87,17 +92,34 @@ func (b *Bridge) accept() {
 		b.mu.Lock()
 		b.conns[in], b.conns[out] = struct{}{}, struct{}{}
 		b.mu.Unlock()
-		go b.pipe(in, out)
-		go b.pipe(out, in)
+		go b.pipe(in, out, nil)
+		go b.pipe(out, in, &b.sent)
 	}
 }
 
-func (b *Bridge) pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+// pipe copies src to dst until either ends, adding what it copied to count (if not nil) as
+// it goes.
+func (b *Bridge) pipe(dst, src net.Conn, count *atomic.Int64) {
+	var w io.Writer = dst
+	if count != nil {
+		w = countingWriter{dst, count}
+	}
+	_, _ = io.Copy(w, src)
 	dst.Close()
 	src.Close()
 	b.mu.Lock()
 	delete(b.conns, dst)
 	delete(b.conns, src)
 	b.mu.Unlock()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
