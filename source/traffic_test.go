@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bytes"
 	"fmt"
 	"testing"
 	"time"
@@ -40,4 +41,25 @@ func TestALoneChangeSendsNothingBackToEtcd(t *testing.T) {
 		t.Fatalf("the source sent %d bytes to etcd for %d lone changes (%.1f per change), want almost none",
 			sent, changes, float64(sent)/changes)
 	}
+}
+
+// A value larger than the connection's flow-control windows (etcd takes requests up to 1.5 MiB)
+// arrives whole, in the snapshot and through the watch.
+func TestAValueLargerThanTheWindowsArrives(t *testing.T) {
+	e := etcdtest.Start(t)
+	c := e.Client()
+	big := func(b byte) string { return string(bytes.Repeat([]byte{b}, connWindow*7/10)) }
+	if connWindow*7/10 <= streamWindow {
+		t.Fatalf("the value (%d bytes) must exceed the stream window (%d)", connWindow*7/10, streamWindow)
+	}
+	put(t, c, "/p/a", big('a'))
+	m := &mirror{}
+	cfg := clientv3.Config{Endpoints: []string{e.Endpoint()}, Logger: zap.NewNop()}
+	run(t, Options{Config: cfg, Prefix: "/p/"}, m)
+	etcdtest.Eventually(t, 20*time.Second, func() error { return m.equals(map[string]string{"a": big('a')}) })
+	put(t, c, "/p/a", big('b'))
+	put(t, c, "/p/c", big('c'))
+	etcdtest.Eventually(t, 20*time.Second, func() error {
+		return m.equals(map[string]string{"a": big('b'), "c": big('c')})
+	})
 }
