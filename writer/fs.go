@@ -158,13 +158,19 @@ func chown(lstat func(string) (os.FileInfo, error), lchown func(string, int, int
 	if err != nil {
 		return fmt.Errorf("setting owner of %s: %w", name, err)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (uid == -1 || int(st.Uid) == uid) && (gid == -1 || int(st.Gid) == gid) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && owns(st.Uid, st.Gid, uid, gid) {
 		return nil
 	}
 	if err := lchown(name, uid, gid); err != nil {
 		return fmt.Errorf("setting owner of %s: %w", name, err)
 	}
 	return nil
+}
+
+// owns reports whether a file owned by fileUID:fileGID has the owner uid:gid already (-1
+// matches any).
+func owns(fileUID, fileGID uint32, uid, gid int) bool {
+	return (uid == -1 || int(fileUID) == uid) && (gid == -1 || int(fileGID) == gid)
 }
 
 // chownFd is chown for the file open as fd.
@@ -176,7 +182,7 @@ func chownFd(fd int, name string, uid, gid int) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("setting owner of %s: %w", name, err)
 	}
-	if (uid == -1 || int(st.Uid) == uid) && (gid == -1 || int(st.Gid) == gid) {
+	if owns(st.Uid, st.Gid, uid, gid) {
 		return nil
 	}
 	if err := unix.Fchown(fd, uid, gid); err != nil {
