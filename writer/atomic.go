@@ -476,6 +476,9 @@ type staging struct {
 func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{}, listed: map[string][]string{},
 		oldTop: map[string]bool{}, newTop: map[string]bool{}}
+	if w.version == "" {
+		st.newTop = make(map[string]bool, len(write)) // every name is new: made at its size once
+	}
 	defer func() {
 		if err != nil {
 			w.removeObjects(slices.Collect(maps.Values(st.objs)))
@@ -483,6 +486,9 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	}()
 	files := map[string]map[string]bool{} // dir -> name -> written (false: removed)
 	children := map[string][]string{}     // dir -> edited subdirectories
+	// dir -> the names a streamed full batch wrote in place, in the object of dir that it
+	// made and that the stage adopts (stagedObject): they are there, and fill has nothing to do.
+	placed := map[string][]string{}
 	edit := func(d string) {
 		for !st.edited[d] {
 			st.edited[d] = true
@@ -491,12 +497,15 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 		}
 	}
 	mark := func(p string, written bool) {
-		p = w.treePath(p)
-		d := parentDir(p)
-		if files[d] == nil {
-			files[d] = map[string]bool{}
+		d, name := formPlace(w.bucketed, p)
+		if written && w.stream.placedIn(d, p) {
+			placed[d] = append(placed[d], name)
+		} else {
+			if files[d] == nil {
+				files[d] = map[string]bool{}
+			}
+			files[d][name] = written
 		}
-		files[d][path.Base(p)] = written
 		edit(d)
 	}
 	if w.rebuild {
@@ -527,7 +536,10 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			return st, err
 		}
 		entries, listed, err := w.bucketEntries(d)
-		if entries == nil {
+		switch {
+		case entries == nil && from < 0:
+			entries = make(map[string]bool, len(files[d])+len(children[d])) // nothing live: made at its size
+		case entries == nil:
 			entries, listed, err = w.entries(d, from) // name -> is a directory
 		}
 		if err != nil {
@@ -548,6 +560,11 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 				delete(entries, name)
 			}
 		}
+		if len(entries) > 0 {
+			for _, name := range placed[d] {
+				delete(entries, name) // the adopted object holds it: no live file is linked over it
+			}
+		}
 		for _, c := range children[d] {
 			if _, ok := st.objs[c]; ok {
 				entries[path.Base(c)] = true
@@ -564,8 +581,11 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			for name := range entries {
 				st.newTop[name] = true
 			}
+			for _, name := range placed[d] {
+				st.newTop[name] = true
+			}
 		}
-		if d == "" || len(entries) > 0 {
+		if d == "" || len(entries) > 0 || len(placed[d]) > 0 {
 			o, err := w.newObject(st, d, from, entries, files[d])
 			if err != nil {
 				return st, err

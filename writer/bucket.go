@@ -33,20 +33,45 @@ const (
 )
 
 // bucketDir is the tree directory holding top-level name NAME in the bucketed form:
-// bucketLevels bucket names, one per 3 bits of a hash of NAME ("..3/..0/..6").
+// bucketLevels bucket names, one per 3 bits of a hash of NAME ("..3/..0/..6"). The 512
+// strings are made once (bucketDirs): a first sync asks for one per key, several times.
 func bucketDir(name string) string {
 	h := uint32(2166136261) // FNV-1a
 	for i := 0; i < len(name); i++ {
 		h ^= uint32(name[i])
 		h *= 16777619
 	}
+	return bucketDirs[h&(1<<(3*bucketLevels)-1)]
+}
+
+// bucketDirs is every bucketDir, by the low 3*bucketLevels bits of the hash.
+var bucketDirs = func() (dirs [1 << (3 * bucketLevels)]string) {
 	const digits = "01234567"
-	var b [bucketLevels * 4]byte
-	for i := range bucketLevels {
-		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = '.', '.', digits[h&7], '/'
-		h >>= 3
+	for i := range dirs {
+		var b [bucketLevels * 4]byte
+		h := i
+		for l := range bucketLevels {
+			b[4*l], b[4*l+1], b[4*l+2], b[4*l+3] = '.', '.', digits[h&7], '/'
+			h >>= 3
+		}
+		dirs[i] = string(b[:len(b)-1])
 	}
-	return string(b[:len(b)-1])
+	return dirs
+}()
+
+// formPlace is the tree directory and the name in it where the given form stores key path
+// p, without building the tree path (formPath).
+func formPlace(bucketed bool, p string) (dir, name string) {
+	i := strings.LastIndexByte(p, '/')
+	switch {
+	case i < 0 && !bucketed:
+		return "", p
+	case !bucketed:
+		return p[:i], p[i+1:]
+	case i < 0:
+		return bucketDir(p), p
+	}
+	return bucketDir(topName(p)) + "/" + p[:i], p[i+1:]
 }
 
 // isBucketName reports whether seg names a bucket ("..0" to "..7").

@@ -395,20 +395,7 @@ func (s *Stream) chooseForm(page []Change) {
 }
 
 // placeOf is the tree directory and the name in it where the stream's form stores key path p.
-func (s *Stream) placeOf(p string) (dir, name string) {
-	i := strings.LastIndexByte(p, '/')
-	if !s.bucketed {
-		if i < 0 {
-			return "", p
-		}
-		return p[:i], p[i+1:]
-	}
-	top := topName(p)
-	if i < 0 {
-		return bucketDir(top), p
-	}
-	return bucketDir(top) + "/" + p[:i], p[i+1:]
-}
+func (s *Stream) placeOf(p string) (dir, name string) { return formPlace(s.bucketed, p) }
 
 // object is the new object that the values of tree directory d are written into, made at its
 // first value.
@@ -464,6 +451,21 @@ func (w *Writer) stagedObject(top int, d string) (string, int, error) {
 		}
 	}
 	return w.makeObject(top)
+}
+
+// placedIn reports whether the value of key path p was written in place, into the object
+// of tree directory d that the stage is about to adopt (stagedObject hands over an object
+// the first time it is asked for, in the stream's form).
+func (s *Stream) placedIn(d, p string) bool {
+	if s == nil || !s.direct || s.bucketed != s.w.bucketed {
+		return false
+	}
+	o := s.objs[d]
+	if o == nil || o.handed {
+		return false
+	}
+	e := s.w.keys[p]
+	return e != nil && e.spool == inPlace
 }
 
 // linkedEarly reports whether the stream made the top-level link of name while it arrived,
