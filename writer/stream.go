@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
 	"slices"
@@ -72,9 +73,10 @@ type Stream struct {
 	expect   int // the batch's key count (Expect), 0 if unknown
 
 	// The model before BeginFull, restored by Abort.
-	keys  map[string]*entry
-	below map[string]int
-	dirty map[string]struct{}
+	keys     map[string]*entry
+	below    map[string]int
+	dirty    map[string]struct{}
+	dirtyAll bool
 
 	jobs   chan []spoolJob // batches of writes, so that handing them over costs little
 	batch  []spoolJob      // the writes Add has not queued yet
@@ -118,17 +120,11 @@ func (w *Writer) BeginFull(revision int64) (*Stream, error) {
 	if err := w.ensureTarget(revision, true); err != nil {
 		return nil, err
 	}
-	s := &Stream{w: w, revision: revision, keys: w.keys, below: w.below, dirty: w.dirty, holdMax: holdMax,
-		direct: w.opts.Layout == Atomic && w.opts.Check == nil}
-	// Like fold for a Full batch: every live path is compared at Commit, and the new model
-	// starts empty.
-	w.dirty = make(map[string]struct{}, len(s.dirty)+len(w.live))
-	for p := range s.dirty {
-		w.dirty[p] = struct{}{}
-	}
-	for p := range w.live {
-		w.dirty[p] = struct{}{}
-	}
+	s := &Stream{w: w, revision: revision, keys: w.keys, below: w.below, dirty: w.dirty, dirtyAll: w.dirtyAll,
+		holdMax: holdMax, direct: w.opts.Layout == Atomic && w.opts.Check == nil}
+	// Like fold for a Full batch: every live path and every key is compared at Commit
+	// (dirtyAll), and the new model starts empty. dirty is Abort's to restore: a copy.
+	w.dirty, w.dirtyAll = maps.Clone(s.dirty), true
 	w.keys, w.below = make(map[string]*entry, len(w.live)), make(map[string]int)
 	w.obstructed = w.obstructed[:0]
 	w.stream = s
@@ -144,11 +140,6 @@ func (s *Stream) Expect(keys int) {
 		return
 	}
 	w.keys = make(map[string]*entry, keys)
-	dirty := make(map[string]struct{}, keys+len(w.dirty))
-	for p := range w.dirty {
-		dirty[p] = struct{}{}
-	}
-	w.dirty = dirty
 }
 
 // holdMax is how many bytes of new values a Stream with a spool keeps in memory, as Apply
@@ -299,7 +290,6 @@ func (s *Stream) Add(changes []Change) error {
 			s.skipped++
 			continue
 		}
-		w.dirty[p] = struct{}{}
 		again := false // the key was written in place already: that file is stale now
 		if e := w.keys[p]; s.direct && e != nil && e.spool == inPlace {
 			s.stale = append(s.stale, s.placed(p))
@@ -620,7 +610,7 @@ func (s *Stream) Abort() {
 			w.relink = true // a link made for a key removed since: the next Apply finds it
 		}
 	}
-	w.keys, w.below, w.dirty = s.keys, s.below, s.dirty
+	w.keys, w.below, w.dirty, w.dirtyAll = s.keys, s.below, s.dirty, s.dirtyAll
 	w.obstructed = w.obstructed[:0]
 	w.stream = nil
 	if s.direct {

@@ -146,8 +146,11 @@ type Writer struct {
 	below map[string]int
 	// dirty holds the paths whose desired state may differ from the live one: those a batch
 	// touched, and those to rewrite. Only they are compared, so a change costs what changed.
-	// It is cleared once an Apply succeeded.
-	dirty map[string]struct{}
+	// It is cleared once an Apply succeeded. dirtyAll says every key and every live path is
+	// dirty too (a full batch): they are not listed in dirty, since changes and forget then
+	// range over keys and live, which costs less than a set of every path.
+	dirty    map[string]struct{}
+	dirtyAll bool
 
 	// The published state: relative path -> sha256 of the files now live, and those of them
 	// whose mode or owner differ from Options (found at Open; they get rewritten).
@@ -256,6 +259,7 @@ func (w *Writer) open() error {
 	w.waitPrune()
 	w.waitSweep()
 	w.keys, w.below, w.dirty = make(map[string]*entry), make(map[string]int), make(map[string]struct{})
+	w.dirtyAll = false
 	w.live, w.fix, w.dirs = make(map[string][32]byte), make(map[string]bool), make(map[string]bool)
 	w.dirObj, w.retired, w.contents, w.known = make(map[string]string), nil, make(map[string][]string), 0
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
@@ -500,6 +504,7 @@ func (w *Writer) finish(revision int64, res *Result) error {
 	}
 	w.forget()
 	w.clearDirty()
+	w.dirtyAll = false
 	for _, p := range w.obstructed {
 		w.dirty[p] = struct{}{}
 	}
@@ -578,9 +583,7 @@ func (w *Writer) release() error {
 // fold is step 1: it applies the changes to the model and returns how many keys it skipped.
 func (w *Writer) fold(b Batch) (skipped int) {
 	if b.Full {
-		for p := range w.live {
-			w.dirty[p] = struct{}{}
-		}
+		w.dirtyAll = true // every live path, and every key it puts
 		w.keys = make(map[string]*entry, len(b.Changes))
 		w.below = make(map[string]int)
 	}
@@ -592,7 +595,9 @@ func (w *Writer) fold(b Batch) (skipped int) {
 			skipped++
 			continue
 		}
-		w.dirty[p] = struct{}{}
+		if !w.dirtyAll {
+			w.dirty[p] = struct{}{}
+		}
 		if c.Delete {
 			w.remove(p)
 			delete(put, p)
@@ -680,17 +685,37 @@ func (w *Writer) decBelow(d string) {
 // and no key lies below it (the directory wins), so the choice depends on the whole model,
 // never on event order.
 func (w *Writer) changes() (write, remove []string) {
-	for p := range w.dirty {
-		if e, ok := w.keys[p]; ok && w.below[p] == 0 {
-			if old, ok := w.live[p]; !ok || old != e.sum || w.fix[p] {
-				write = append(write, p)
+	if w.dirtyAll {
+		// Every key and live path: a path of dirty that is neither is no change.
+		for p, e := range w.keys {
+			if w.below[p] == 0 {
+				if old, ok := w.live[p]; !ok || old != e.sum || w.fix[p] {
+					write = append(write, p)
+				}
 			}
-		} else if _, ok := w.live[p]; ok {
-			remove = append(remove, p)
+		}
+		for p := range w.live {
+			if e, ok := w.keys[p]; !ok || e == nil || w.below[p] > 0 {
+				remove = append(remove, p)
+			}
+		}
+	} else {
+		for p := range w.dirty {
+			if e, ok := w.keys[p]; ok && w.below[p] == 0 {
+				if old, ok := w.live[p]; !ok || old != e.sum || w.fix[p] {
+					write = append(write, p)
+				}
+			} else if _, ok := w.live[p]; ok {
+				remove = append(remove, p)
+			}
 		}
 	}
-	slices.Sort(write)
-	slices.Sort(remove)
+	if w.opts.Layout == Plain {
+		// Written and removed in this order (the Atomic layout's stage orders each object's
+		// entries itself, and sorting every path of a first sync costs as much as its stage).
+		slices.Sort(write)
+		slices.Sort(remove)
+	}
 	return write, remove
 }
 
@@ -721,13 +746,23 @@ func (w *Writer) content(p string) ([]byte, error) {
 
 // forget drops the values of the dirty paths that are now live on disk and not shadowed.
 func (w *Writer) forget() {
-	for p := range w.dirty {
-		e, ok := w.keys[p]
-		if !ok || !(e.held || e.spool != "") || w.below[p] > 0 {
-			continue
+	drop := func(p string, e *entry) {
+		if !(e.held || e.spool != "") || w.below[p] > 0 {
+			return
 		}
 		if sum, ok := w.live[p]; ok && sum == e.sum {
 			e.value, e.held, e.spool = nil, false, ""
+		}
+	}
+	if w.dirtyAll {
+		for p, e := range w.keys {
+			drop(p, e)
+		}
+		return
+	}
+	for p := range w.dirty {
+		if e, ok := w.keys[p]; ok {
+			drop(p, e)
 		}
 	}
 }
