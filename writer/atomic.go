@@ -447,13 +447,21 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 			delete(w.dirObj, d)
 		}
 	}
+	if len(w.live) == 0 {
+		w.live = make(map[string][32]byte, len(write)) // a first version: made at its size once
+	}
 	for _, p := range write {
 		w.live[p] = w.keys[p].sum
-		delete(w.fix, p)
 	}
 	for _, p := range remove {
 		delete(w.live, p)
-		delete(w.fix, p)
+	}
+	if len(w.fix) > 0 {
+		for _, ps := range [][]string{write, remove} {
+			for _, p := range ps {
+				delete(w.fix, p)
+			}
+		}
 	}
 	w.version = st.objs[""]
 	w.rebuild = false
@@ -954,6 +962,9 @@ func (w *Writer) swap(staged string) error {
 // reachable the instant it goes live. Until the swap, a new link dangles: its name is no key
 // of the live version yet. It returns the names it created.
 func (w *Writer) linkNew(oldTop, newTop map[string]bool) (created []string) {
+	if len(oldTop) == 0 {
+		created = make([]string, 0, len(newTop)) // every name is new
+	}
 	for name := range newTop {
 		if (w.relink || !oldTop[name] || w.unlinked[name]) && w.link(name) {
 			created = append(created, name)

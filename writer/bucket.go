@@ -128,21 +128,38 @@ func (w *Writer) isDesiredTop(name string) bool {
 }
 
 // topsAfter is the number of top-level names once the paths write and remove are published.
+// Each name counts once: the tops of paths below a top-level directory go through a set,
+// and a top-level file (write and remove hold distinct paths) needs none, which keeps a
+// first sync of thousands of flat keys from making a set of them all.
 func (w *Writer) topsAfter(write, remove []string) int {
 	n := w.tops
-	seen := map[string]bool{}
+	nothingLive := len(w.live) == 0 && len(w.dirObj) == 0
+	var seen map[string]bool // tops of paths below one
+	count := func(t string, desired bool) {
+		if !nothingLive && w.isLiveTop(t) {
+			n--
+		}
+		if desired || w.isDesiredTop(t) {
+			n++
+		}
+	}
 	for _, ps := range [][]string{write, remove} {
 		for _, p := range ps {
 			t := topName(p)
-			if seen[t] {
+			if len(t) == len(p) || seen[t] {
 				continue
 			}
-			seen[t] = true
-			if w.isLiveTop(t) {
-				n--
+			if seen == nil {
+				seen = map[string]bool{}
 			}
-			if w.isDesiredTop(t) {
-				n++
+			seen[t] = true
+			count(t, false)
+		}
+	}
+	for i, ps := range [][]string{write, remove} {
+		for _, p := range ps {
+			if strings.IndexByte(p, '/') < 0 && !seen[p] {
+				count(p, i == 0) // a path written is a desired file
 			}
 		}
 	}
