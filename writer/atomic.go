@@ -524,6 +524,15 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	for _, p := range remove {
 		mark(p, false)
 	}
+	if objs := w.stream.placedAll(len(write)); objs != nil {
+		// Every path written is in place already (a streamed first sync): its directories
+		// are those of the stream's objects, and no path needs a look.
+		for d, o := range objs {
+			placed[d] = o.names
+			edit(d)
+		}
+		write = nil
+	}
 	for _, p := range write {
 		mark(p, true)
 	}
@@ -589,11 +598,19 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 			for name := range entries {
 				st.newTop[name] = true
 			}
-			for _, name := range placed[d] {
-				st.newTop[name] = true
+			// With nothing live (so no old name to tell apart), the names the stream
+			// linked already need no link step.
+			if w.version != "" || !w.stream.linkedAll() {
+				for _, name := range placed[d] {
+					st.newTop[name] = true
+				}
 			}
 		}
-		if d == "" || len(entries) > 0 || len(placed[d]) > 0 {
+		if d != "" && len(entries) == 0 && len(placed[d]) > 0 {
+			// The stream's object holds all of it, and fill has nothing to put in it.
+			closeFd(from)
+			st.objs[d] = w.stream.adopt(d)
+		} else if d == "" || len(entries) > 0 || len(placed[d]) > 0 {
 			o, err := w.newObject(st, d, from, entries, files[d])
 			if err != nil {
 				return st, err

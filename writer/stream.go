@@ -65,6 +65,10 @@ type Stream struct {
 	top     *os.File
 	stale   []string
 	relinks bool // a key whose link the stream made was removed: check every link at Commit
+	// Values written in place, top-level keys among them (to be linked by the workers),
+	// and the links the workers made.
+	placedN, linkJobs int
+	links             atomic.Int64
 	// The form the values are placed in (bucket.go), decided at the first page: the live
 	// form, or for a first version the one its estimated width asks for (Commit stages in
 	// it, and switches after if the real width asks for the other).
@@ -93,7 +97,8 @@ type Stream struct {
 // of open files (ulimit -n 1024); each worker keeps a few open instead (dirCache).
 type streamObject struct {
 	name   string
-	handed bool // the stage took it as the new object of its directory
+	handed bool     // the stage took it as the new object of its directory
+	names  []string // the values written into it, by their name there
 }
 
 // inPlace is entry.spool for a value written in the stream's object of its directory, under
@@ -232,6 +237,7 @@ func (s *Stream) write() {
 				// Ours now; anything else (a link from before, a foreign file) Commit checks.
 				j.link.linked.Store(true)
 				s.linked.Store(true)
+				s.links.Add(1)
 			}
 			s.w.marked("spooled")
 			if err != nil {
@@ -330,9 +336,12 @@ func (s *Stream) Add(changes []Change) error {
 				return s.fail(err)
 			}
 			e.spool = inPlace
+			o.names = append(o.names, name)
+			s.placedN++
 			j := spoolJob{dir: -1, dirName: o.name, name: name, value: c.Value}
 			if name == p {
 				j.link = e // a top-level key
+				s.linkJobs++
 			}
 			s.batch = append(s.batch, j)
 		} else {
@@ -456,6 +465,38 @@ func (s *Stream) placedIn(d, p string) bool {
 	}
 	e := s.w.keys[p]
 	return e != nil && e.spool == inPlace
+}
+
+// placedAll returns the stream's objects, by tree directory, if the write paths to stage
+// (write of them) are exactly the values written in place, by the names in these objects,
+// and the stage adopts every object: the stage then needs no look at each path. That is so
+// when no value written in place was given again, removed or shadowed (each such file is
+// in stale) and every value of the batch was written in place.
+func (s *Stream) placedAll(write int) map[string]*streamObject {
+	if s == nil || !s.direct || s.bucketed != s.w.bucketed || len(s.stale) > 0 || s.placedN != write {
+		return nil
+	}
+	for _, o := range s.objs {
+		if o.handed {
+			return nil // a stage tried again: its first try removed them
+		}
+	}
+	return s.objs
+}
+
+// linkedAll reports whether the workers linked every top-level key written in place, in the
+// form being staged.
+func (s *Stream) linkedAll() bool {
+	return s != nil && s.direct && s.bucketed == s.w.bucketed && len(s.stale) == 0 &&
+		s.links.Load() == int64(s.linkJobs)
+}
+
+// adopt hands the stage the object of tree directory d, without opening it: it holds every
+// entry of d already (as stagedObject, when the stage has entries to add).
+func (s *Stream) adopt(d string) string {
+	o := s.objs[d]
+	o.handed = true
+	return o.name
 }
 
 // linkedEarly reports whether the stream made the top-level link of name while it arrived,

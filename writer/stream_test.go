@@ -413,3 +413,36 @@ func TestStreamKeyWrittenThenRemovedLeavesNoLink(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamFirstSyncNameTakenMeanwhile: a file that is not ours takes a top-level name while
+// a first sync streams in, so the stream cannot link it early. The commit must still treat
+// the name as one to link (and log it), not as linked: once the file is gone, the next change
+// links it.
+func TestStreamFirstSyncNameTakenMeanwhile(t *testing.T) {
+	w, dir := open(t, Atomic)
+	s, err := w.BeginFull(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "b"), "foreign")
+	for _, page := range [][]Change{{put("a", "A"), put("b", "B")}, {put("c", "C")}} {
+		if err := s.Add(page); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"a": "A", "b": "foreign", "c": "C", "..data/b": "B"} {
+		if got := readFile(t, filepath.Join(dir, name)); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, "b")); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, w, batch(2, put("a", "A2")))
+	if got := readFile(t, filepath.Join(dir, "b")); got != "B" {
+		t.Errorf("b = %q once the foreign file is gone, want B", got)
+	}
+}
