@@ -233,6 +233,26 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 		return nil
 	}
 
+	// With nothing live, the live tree after the swap is the paths written: a first sync of
+	// thousands makes that map on another core while this one stages (which, like every step
+	// up to publish, only reads the model). Joined on every return.
+	var firstLive chan firstVersion
+	if len(w.live) == 0 && len(write) >= parallelLive {
+		firstLive = make(chan firstVersion, 1)
+		go func() {
+			f := firstVersion{make(map[string][32]byte, len(write)), make([]*entry, len(write))}
+			for i, p := range write {
+				e := w.keys[p]
+				f.live[p], f.entries[i] = e.sum, e
+			}
+			firstLive <- f
+		}()
+		defer func() {
+			if firstLive != nil {
+				<-firstLive
+			}
+		}()
+	}
 	st, err := w.stage(write, remove)
 	if isNoSpace(err) {
 		w.waitSweep() // a streamed start's spool, still being removed
@@ -281,7 +301,12 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	// caller must learn that the files changed.
 	res.Changed = res.Changed || len(write) > 0 || len(remove) > 0 || w.rebuild
 	stale := w.rebuild || len(w.fix) > 0
-	retired := append(w.publish(st, write, remove), w.otherHalf...)
+	var live map[string][32]byte
+	if firstLive != nil {
+		f := <-firstLive
+		firstLive, live, w.published = nil, f.live, f.entries
+	}
+	retired := append(w.publish(st, write, remove, live), w.otherHalf...)
 	w.tops, w.mixed, w.otherHalf = tops, false, nil
 	if err := w.syncDir("."); err != nil {
 		w.log.Error("the swap may not survive a crash", "error", err)
@@ -430,9 +455,21 @@ func (w *Writer) check(staged string) error {
 	return w.opts.Check(filepath.Join(w.absDir, dir))
 }
 
+// firstVersion is what a first version's publish needs, made while it is staged: the live
+// tree, and the entries of the paths written (all of them live once it is published).
+type firstVersion struct {
+	live    map[string][32]byte
+	entries []*entry
+}
+
+// parallelLive is the fewest paths of a first version for which publish's map is made on
+// another core while the stage runs: below, a goroutine costs more than it saves.
+const parallelLive = 1024
+
 // publish records the staged version as live and returns the objects only the previous
-// version reaches now.
-func (w *Writer) publish(st *staging, write, remove []string) (retired []string) {
+// version reaches now. live, if not nil, is the live tree already made: a first version's
+// paths written.
+func (w *Writer) publish(st *staging, write, remove []string, live map[string][32]byte) (retired []string) {
 	for d := range st.edited {
 		if old, ok := w.dirObj[d]; ok && !strings.Contains(old, "/") {
 			retired = append(retired, old)
@@ -447,11 +484,15 @@ func (w *Writer) publish(st *staging, write, remove []string) (retired []string)
 			delete(w.dirObj, d)
 		}
 	}
-	if len(w.live) == 0 {
-		w.live = make(map[string][32]byte, len(write)) // a first version: made at its size once
-	}
-	for _, p := range write {
-		w.live[p] = w.keys[p].sum
+	if live != nil {
+		w.live = live
+	} else {
+		if len(w.live) == 0 {
+			w.live = make(map[string][32]byte, len(write)) // a first version: made at its size once
+		}
+		for _, p := range write {
+			w.live[p] = w.keys[p].sum
+		}
 	}
 	for _, p := range remove {
 		delete(w.live, p)

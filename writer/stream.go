@@ -523,9 +523,9 @@ func (s *Stream) Commit() (Result, error) {
 	w := s.w
 	res.Skipped = s.skipped
 	var shadowed []string
-	for p := range w.keys {
-		if w.below[p] > 0 {
-			shadowed = append(shadowed, p)
+	for d := range w.below { // the directories: fewer than the keys
+		if _, ok := w.keys[d]; ok {
+			shadowed = append(shadowed, d)
 		}
 	}
 	for _, p := range slices.Sorted(slices.Values(shadowed)) {

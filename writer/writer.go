@@ -151,6 +151,9 @@ type Writer struct {
 	// range over keys and live, which costs less than a set of every path.
 	dirty    map[string]struct{}
 	dirtyAll bool
+	// published holds the entries of the paths a first version published (nothing was live
+	// before, so they are all that is live): forget needs no look at the others.
+	published []*entry
 
 	// The published state: relative path -> sha256 of the files now live, and those of them
 	// whose mode or owner differ from Options (found at Open; they get rewritten).
@@ -500,6 +503,7 @@ func (w *Writer) finish(revision int64, res *Result) error {
 		err = w.applyPlain(write, remove, res)
 	}
 	if err != nil {
+		w.published = nil
 		return fmt.Errorf("applying revision %d: %w", revision, err)
 	}
 	w.forget()
@@ -746,6 +750,15 @@ func (w *Writer) content(p string) ([]byte, error) {
 
 // forget drops the values of the dirty paths that are now live on disk and not shadowed.
 func (w *Writer) forget() {
+	if w.published != nil {
+		// A first version: every path it wrote is live with its entry's sum, and no other
+		// path is (a shadowed key keeps its value).
+		for _, e := range w.published {
+			e.value, e.held, e.spool = nil, false, ""
+		}
+		w.published = nil
+		return
+	}
 	drop := func(p string, e *entry) {
 		if !(e.held || e.spool != "") || w.below[p] > 0 {
 			return
