@@ -525,7 +525,7 @@ type staging struct {
 func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 	st = &staging{edited: map[string]bool{"": true}, objs: map[string]string{}, listed: map[string][]string{},
 		oldTop: map[string]bool{}, newTop: map[string]bool{}}
-	if w.version == "" {
+	if w.version == "" && !w.stream.linkedAll() {
 		st.newTop = make(map[string]bool, len(write)) // every name is new: made at its size once
 	}
 	defer func() {

@@ -691,6 +691,9 @@ func (w *Writer) decBelow(d string) {
 func (w *Writer) changes() (write, remove []string) {
 	if w.dirtyAll {
 		// Every key and live path: a path of dirty that is neither is no change.
+		if len(w.live) == 0 {
+			write = make([]string, 0, len(w.keys)) // a first version writes every key
+		}
 		for p, e := range w.keys {
 			if w.below[p] == 0 {
 				if old, ok := w.live[p]; !ok || old != e.sum || w.fix[p] {
