@@ -325,8 +325,7 @@ func (s *Stream) Add(changes []Change) error {
 				return s.fail(err)
 			}
 		}
-		w.put(p, sum, nil, false)
-		e := w.keys[p]
+		e := w.put(p, sum, nil, false)
 		if s.direct {
 			// The stage places p at its tree path in the form it stages: the value goes into
 			// the object of that path's directory, which the stage adopts.

@@ -634,13 +634,15 @@ func (w *Writer) fold(b Batch) (skipped int) {
 // putLive sets key p in the model with the content that is live on disk.
 func (w *Writer) putLive(p string, sum [32]byte) { w.put(p, sum, nil, false) }
 
-// put sets key p in the model; held says value is its content (otherwise it is live on disk).
-func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
+// put sets key p in the model, and returns its entry; held says value is its content
+// (otherwise it is live on disk).
+func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) *entry {
 	if e, ok := w.keys[p]; ok {
 		e.sum, e.value, e.held, e.spool = sum, value, held, ""
-		return
+		return e
 	}
-	w.keys[p] = &entry{sum: sum, value: value, held: held}
+	e := &entry{sum: sum, value: value, held: held}
+	w.keys[p] = e
 	forParents(p, func(d string) {
 		w.below[d]++
 		if w.below[d] == 1 {
@@ -648,6 +650,7 @@ func (w *Writer) put(p string, sum [32]byte, value []byte, held bool) {
 			w.shadow(d)
 		}
 	})
+	return e
 }
 
 // shadow keeps the value of key d (if it is one) now that a key below it hides it; its file
