@@ -29,7 +29,9 @@ import (
 // a bucketed top level, the object of ..X/..Y/..Z/... ; see chooseForm), created as the first
 // value for it arrives and not reachable from ..data until the swap; a top-level key's link is made at
 // once too, dangling until then, as linkNew makes them. Commit then has little left to do
-// (the stage adopts these objects), and nothing is left to remove. Otherwise (the Plain
+// (the stage adopts these objects), and nothing is left to remove: for a first version whose
+// every value was written in place, it takes the objects and the links as they are (no look
+// at each key), and makes only the objects above them and, on the other core, the live tree. Otherwise (the Plain
 // layout, or a Check, whose refusal must not lose the values) they go into a spool directory
 // inside the target, and Commit hard-links (Plain: renames) them into place.
 //

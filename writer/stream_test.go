@@ -446,3 +446,32 @@ func TestStreamFirstSyncNameTakenMeanwhile(t *testing.T) {
 		t.Errorf("b = %q once the foreign file is gone, want B", got)
 	}
 }
+
+// TestFirstSyncKeepsNoValue: after a first sync large enough that its live tree is made on
+// the other core (parallelLive), streamed or in one Apply, the writer holds a sum per key
+// and no value, as after any Apply; the live tree is every key.
+func TestFirstSyncKeepsNoValue(t *testing.T) {
+	b := flatBatch(parallelLive+100, 10)
+	b.Changes = append(b.Changes, put("dir/a", "A"), put("dir/b", "B"))
+	for _, streamed := range []bool{false, true} {
+		t.Run(fmt.Sprint("streamed=", streamed), func(t *testing.T) {
+			w, _ := open(t, Atomic)
+			if streamed {
+				mustStream(t, w, b, 100)
+			} else {
+				mustApply(t, w, b)
+			}
+			for p, e := range w.keys {
+				if e.held || e.value != nil || e.spool != "" {
+					t.Fatalf("key %s: held %v, value %q, spool %q after the sync", p, e.held, e.value, e.spool)
+				}
+				if w.live[p] != e.sum {
+					t.Fatalf("key %s: live sum differs from the model's", p)
+				}
+			}
+			if len(w.live) != len(b.Changes) {
+				t.Errorf("%d live paths, want %d", len(w.live), len(b.Changes))
+			}
+		})
+	}
+}
