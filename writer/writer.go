@@ -133,6 +133,8 @@ type Writer struct {
 	// checked walks, which cost several system calls each.
 	top    *os.File
 	topFd  int
+	// topDev and topIno identify the directory top holds (reopenIfGone).
+	topDev, topIno uint64
 	lock   *os.File // holds the flock on lockName while the writer is open
 	closed bool
 	absDir string
@@ -312,6 +314,12 @@ func (w *Writer) openDir() error {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.topFd = int(w.top.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(w.topFd, &st); err != nil {
+		w.release()
+		return fmt.Errorf("writer: %s: %w", w.absDir, err)
+	}
+	w.topDev, w.topIno = st.Dev, st.Ino
 	if err := w.lockTarget(); err != nil {
 		w.release()
 		return err
@@ -355,10 +363,10 @@ func (w *Writer) lockTarget() error {
 // needed, with its lock. It reports whether it did: the model then holds only what is in
 // the new directory, and only a Full batch can fill it.
 func (w *Writer) reopenIfGone() (bool, error) {
-	var held, now unix.Stat_t
-	herr := unix.Fstat(w.topFd, &held)
-	nerr := unix.Stat(w.absDir, &now)
-	if herr == nil && nerr == nil && held.Dev == now.Dev && held.Ino == now.Ino {
+	// The held directory's identity never changes (openDir read it): one stat of the path
+	// per Apply tells whether the path still leads to it.
+	var now unix.Stat_t
+	if unix.Stat(w.absDir, &now) == nil && w.topDev == now.Dev && w.topIno == now.Ino {
 		return false, nil
 	}
 	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
