@@ -338,6 +338,18 @@ const maxKnown = 4096
 // Apply, Open or Close removes or waits for them (waitPrune), so a full disk is never blamed
 // on objects still being removed.
 func (w *Writer) prune(objs []string) {
+	if w.recycling() {
+		// Those we made become spares at Tidy (recycle.go), after the signal.
+		others := objs[:0:0]
+		for _, obj := range objs {
+			if _, ok := w.recycle.made[obj]; ok {
+				w.recycle.queue = append(w.recycle.queue, obj)
+			} else {
+				others = append(others, obj)
+			}
+		}
+		objs = others
+	}
 	if len(objs) == 0 {
 		return
 	}
@@ -376,7 +388,10 @@ func (w *Writer) forgetContents(obj string) []string {
 	if ok {
 		delete(w.contents, obj)
 		w.known -= len(names)
+	} else {
+		names, _ = w.knownNames(obj)
 	}
+	w.forgetManifest(obj)
 	return names
 }
 
@@ -387,12 +402,14 @@ func (w *Writer) forgetContents(obj string) []string {
 func (w *Writer) Tidy() {
 	if w.root == nil { // released: Open prunes what no version reaches
 		w.pending = nil
+		w.recycle.reset()
 		return
 	}
 	if len(w.pending) > 0 {
 		w.removeObjects(w.pending)
 		w.pending = w.pending[:0]
 	}
+	w.spareUp()
 }
 
 // waitPrune removes the objects left for Tidy, and waits for those prune is removing in the
@@ -592,6 +609,7 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 
 // openLive opens the live object of directory d, or returns -1 if d has none.
 func (w *Writer) openLive(d string) (int, error) {
+	w.takeSpare(d)
 	obj, ok := w.dirObj[d]
 	if !ok {
 		return -1, nil
@@ -663,8 +681,9 @@ func (w *Writer) entries(d string, from int) (entries map[string]bool, names []s
 	if from < 0 {
 		return entries, nil, nil
 	}
-	names, err = readNamesAt(from, nil)
-	if err != nil {
+	if known, ok := w.knownNames(w.dirObj[d]); ok {
+		names = known // we made it: no listing
+	} else if names, err = readNamesAt(from, nil); err != nil {
 		return nil, nil, fmt.Errorf("listing %s: %w", w.dirObj[d], err)
 	}
 	for _, name := range names {
@@ -689,6 +708,7 @@ type object struct {
 	to, from  int             // the new object, and the live one of the same directory (or -1), open
 	entries   map[string]bool // name -> is a subdirectory
 	written   map[string]bool // names whose content changed
+	kept      map[string]bool // names a recycled object holds already, as wanted
 }
 
 func (o *object) close() {
@@ -699,13 +719,30 @@ func (o *object) close() {
 // newObject creates the empty object of directory d and opens it; from is d's live object,
 // open (or -1), which the object closes, as it does on error here.
 func (w *Writer) newObject(st *staging, d string, from int, entries, written map[string]bool) (*object, error) {
-	name, to, err := w.stagedObject(w.topFd, d) // a streamed full batch may have made it, with its new files
-	if err != nil {
-		closeFd(from)
-		return nil, err
+	var (
+		name string
+		to   = -1
+		kept map[string]bool
+		err  error
+	)
+	if spare, ok := w.recycle.taken[d]; ok && w.recycling() {
+		delete(w.recycle.taken, d)
+		if name, to, kept, err = w.reuse(st, d, spare, entries, written); err != nil {
+			w.log.Warn("cannot reuse an old version directory; making a new one", "version", spare, "error", err)
+		}
+	}
+	if to < 0 {
+		name, to, err = w.stagedObject(w.topFd, d) // a streamed full batch may have made it, with its new files
+		if err != nil {
+			closeFd(from)
+			return nil, err
+		}
 	}
 	st.objs[d] = name
-	return &object{dir: d, name: name, to: to, from: from, entries: entries, written: written}, nil
+	if w.recycling() {
+		w.remember(st, d, name, entries, written)
+	}
+	return &object{dir: d, name: name, to: to, from: from, entries: entries, written: written, kept: kept}, nil
 }
 
 // fill puts their entries into the objects of one depth: a symlink per subdirectory, a hard
@@ -781,6 +818,8 @@ func (w *Writer) makeEntry(st *staging, o *object, name string) error {
 	}
 	to := o.to
 	switch {
+	case o.kept[name]:
+		// A recycled object holds it already.
 	case o.entries[name]:
 		child, ok := st.objs[p]
 		if !ok && o.from >= 0 && !w.rebuild && unix.Linkat(o.from, name, to, name, 0) == nil {

@@ -131,13 +131,13 @@ type Writer struct {
 	// top is the target directory, open for the writer's life: the hot path works on it with
 	// *at system calls and single-component names (see openDirAt), not through the root's
 	// checked walks, which cost several system calls each.
-	top    *os.File
-	topFd  int
+	top   *os.File
+	topFd int
 	// topDev and topIno identify the directory top holds (reopenIfGone).
 	topDev, topIno uint64
-	lock   *os.File // holds the flock on lockName while the writer is open
-	closed bool
-	absDir string
+	lock           *os.File // holds the flock on lockName while the writer is open
+	closed         bool
+	absDir         string
 	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go), and
 	// dirModeAtCreate: directories get dirMode and our owner from mkdir(2) alone.
 	modeAtCreate, dirModeAtCreate bool
@@ -177,6 +177,7 @@ type Writer struct {
 	maxOpen                int           // directory objects kept open at once (maxOpenObjects)
 	pruning                chan struct{} // closed once the retired objects being removed are gone
 	pending                []string      // retired objects no version reaches, left for Tidy
+	recycle                recycler      // manifests of the objects we made, and spares (recycle.go)
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
@@ -262,6 +263,7 @@ func (w *Writer) open() error {
 	w.dirObj, w.retired, w.contents, w.known = make(map[string]string), nil, make(map[string][]string), 0
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
 	w.bucketed, w.mixed, w.tops, w.otherHalf = false, false, 0, nil
+	w.recycle.reset() // spares on disk are objects no version reaches: pruned below
 	if err := w.openDir(); err != nil {
 		return err
 	}
