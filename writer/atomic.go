@@ -766,9 +766,16 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 		// In name order, so that a run is repeatable (the crash tests stop at each entry).
 		slices.SortFunc(jobs[first:], func(a, b job) int { return strings.Compare(a.name, b.name) })
 	}
-	workers := 1
-	if len(jobs) >= 512 {
-		workers = runtime.GOMAXPROCS(0)
+	if len(jobs) < 512 {
+		// A change's few entries, here: a goroutine would cost a wake-up of another thread
+		// and a hand-off back, at each depth, on the way to the signal (and the shared state
+		// below, allocations).
+		for _, j := range jobs {
+			if err := w.makeEntry(st, j.o, j.name); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	var (
 		next     atomic.Int64
@@ -793,13 +800,7 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 			}
 		}
 	}
-	if workers == 1 {
-		// A change's few entries: a goroutine would cost a wake-up of another thread and a
-		// hand-off back, at each depth, on the way to the signal.
-		work()
-		return firstErr
-	}
-	for range workers {
+	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -812,14 +813,16 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 
 // makeEntry creates one entry of object o.
 func (w *Writer) makeEntry(st *staging, o *object, name string) error {
+	if o.kept[name] {
+		w.marked("staging") // a recycled object holds it already
+		return nil
+	}
 	p := name
 	if o.dir != "" {
 		p = o.dir + "/" + name
 	}
 	to := o.to
 	switch {
-	case o.kept[name]:
-		// A recycled object holds it already.
 	case o.entries[name]:
 		child, ok := st.objs[p]
 		if !ok && o.from >= 0 && !w.rebuild && unix.Linkat(o.from, name, to, name, 0) == nil {

@@ -88,17 +88,14 @@ func (w *Writer) takeSpare(d string) {
 // wanted is what entry name of directory d holds in the version being staged: the staged or
 // live object of a subdirectory, or the sum of a file (written says which files are new).
 func (w *Writer) wanted(st *staging, d, name string, isDir bool, written map[string]bool) content {
-	p := name
-	if d != "" {
-		p = d + "/" + name
-	}
 	if isDir {
+		p := joinPath(d, name)
 		if obj, ok := st.objs[p]; ok {
 			return content{obj: obj}
 		}
 		return content{obj: w.dirObj[p]}
 	}
-	k := keyOf(p)
+	k := joinPath(keyOf(d), name) // no new string in a bucket, where most files are
 	if written[name] {
 		if e := w.keys[k]; e != nil {
 			return content{sum: e.sum}
@@ -272,19 +269,14 @@ func (w *Writer) spareUp() {
 func (w *Writer) scrub(obj string, m *manifest) error {
 	var fd = -1
 	defer func() { closeFd(fd) }()
+	keyDir := keyOf(m.dir)
 	for n, c := range m.names {
-		tp := n
-		if m.dir != "" {
-			tp = m.dir + "/" + n
-		}
 		if c.obj != "" {
-			if w.dirObj[tp] == c.obj {
+			if w.dirObj[joinPath(m.dir, n)] == c.obj {
 				continue
 			}
-		} else if sum, ok := w.live[keyOf(tp)]; ok && sum == c.sum {
-			if _, isDir := w.dirObj[tp]; !isDir {
-				continue
-			}
+		} else if sum, ok := w.live[joinPath(keyDir, n)]; ok && sum == c.sum {
+			continue // a live file (w.live holds no directory)
 		}
 		if fd < 0 {
 			var err error
@@ -299,4 +291,12 @@ func (w *Writer) scrub(obj string, m *manifest) error {
 		w.recycle.entries--
 	}
 	return nil
+}
+
+// joinPath is dir/name, or name in the root ("").
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
 }
