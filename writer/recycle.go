@@ -246,7 +246,9 @@ func (w *Writer) spareUp() {
 			continue
 		}
 		if err := w.scrub(obj, m); err != nil {
-			w.log.Error("cannot keep an old version directory for reuse; removing it", "version", obj, "error", err)
+			if err != unix.ENOENT { // gone with the target, if it was removed
+				w.log.Error("cannot keep an old version directory for reuse; removing it", "version", obj, "error", err)
+			}
 			drop = append(drop, obj)
 			continue
 		}
