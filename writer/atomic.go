@@ -396,9 +396,10 @@ func (w *Writer) forgetContents(obj string) []string {
 }
 
 // Tidy removes the objects of the version before the previous one that Apply left for
-// later, so that their removal does not delay the caller's signal: call it once the change
-// is signalled. It costs a few system calls per file of the directories a change touched;
-// without it, the next Apply (or Close) removes them first.
+// later, or keeps them as spares (recycle.go), so that this work does not delay the
+// caller's signal: call it once the change is signalled. It costs a few system calls per
+// entry that changed (per file, for an object it removes); without it, the next Apply (or
+// Close) does it first.
 func (w *Writer) Tidy() {
 	if w.root == nil { // released: Open prunes what no version reaches
 		w.pending = nil

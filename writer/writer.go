@@ -452,7 +452,9 @@ func dirMode(m os.FileMode) os.FileMode {
 //     Open, which also checks every link).
 //  10. If the top level crossed the bucketing threshold, switch its form (switchForm).
 //  11. Delete the objects only the version before the previous one reached, in the
-//     background (prune); the next Apply, Open or Close waits for it. The previous version
+//     background (prune), or after the signal (Tidy), where those a stage made become their
+//     directory's spare, stripped of all that is not live, for the next change there to reuse
+//     (recycle.go); the next Apply, Open or Close waits for it. The previous version
 //     stays whole, so a reader that resolved into it just before the swap can finish; after
 //     a tighter Mode, it goes at once, before Apply returns.
 //
