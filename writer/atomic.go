@@ -363,6 +363,18 @@ const maxKnown = 4096
 // Apply, Open or Close removes or waits for them (waitPrune), so a full disk is never blamed
 // on objects still being removed.
 func (w *Writer) prune(objs []string) {
+	if w.recycling() {
+		// Those we made become spares at Tidy (recycle.go), after the signal.
+		others := objs[:0:0]
+		for _, obj := range objs {
+			if _, ok := w.recycle.made[obj]; ok {
+				w.recycle.queue = append(w.recycle.queue, obj)
+			} else {
+				others = append(others, obj)
+			}
+		}
+		objs = others
+	}
 	if len(objs) == 0 {
 		return
 	}
@@ -401,23 +413,29 @@ func (w *Writer) forgetContents(obj string) []string {
 	if ok {
 		delete(w.contents, obj)
 		w.known -= len(names)
+	} else {
+		names, _ = w.knownNames(obj)
 	}
+	w.forgetManifest(obj)
 	return names
 }
 
 // Tidy removes the objects of the version before the previous one that Apply left for
-// later, so that their removal does not delay the caller's signal: call it once the change
-// is signalled. It costs a few system calls per file of the directories a change touched;
-// without it, the next Apply (or Close) removes them first.
+// later, or keeps them as spares (recycle.go), so that this work does not delay the
+// caller's signal: call it once the change is signalled. It costs a few system calls per
+// entry that changed (per file, for an object it removes); without it, the next Apply (or
+// Close) does it first.
 func (w *Writer) Tidy() {
 	if w.root == nil { // released: Open prunes what no version reaches
 		w.pending = nil
+		w.recycle.reset()
 		return
 	}
 	if len(w.pending) > 0 {
 		w.removeObjects(w.pending)
 		w.pending = w.pending[:0]
 	}
+	w.spareUp()
 }
 
 // waitPrune removes the objects left for Tidy, and waits for those prune is removing in the
@@ -678,6 +696,7 @@ func (w *Writer) stage(write, remove []string) (st *staging, err error) {
 
 // openLive opens the live object of directory d, or returns -1 if d has none.
 func (w *Writer) openLive(d string) (int, error) {
+	w.takeSpare(d)
 	obj, ok := w.dirObj[d]
 	if !ok {
 		return -1, nil
@@ -749,8 +768,9 @@ func (w *Writer) entries(d string, from int) (entries map[string]bool, names []s
 	if from < 0 {
 		return entries, nil, nil
 	}
-	names, err = readNamesAt(from, nil)
-	if err != nil {
+	if known, ok := w.knownNames(w.dirObj[d]); ok {
+		names = known // we made it: no listing
+	} else if names, err = readNamesAt(from, nil); err != nil {
 		return nil, nil, fmt.Errorf("listing %s: %w", w.dirObj[d], err)
 	}
 	for _, name := range names {
@@ -775,6 +795,7 @@ type object struct {
 	to, from  int             // the new object, and the live one of the same directory (or -1), open
 	entries   map[string]bool // name -> is a subdirectory
 	written   map[string]bool // names whose content changed
+	kept      map[string]bool // names a recycled object holds already, as wanted
 }
 
 func (o *object) close() {
@@ -785,13 +806,30 @@ func (o *object) close() {
 // newObject creates the empty object of directory d and opens it; from is d's live object,
 // open (or -1), which the object closes, as it does on error here.
 func (w *Writer) newObject(st *staging, d string, from int, entries, written map[string]bool) (*object, error) {
-	name, to, err := w.stagedObject(w.topFd, d) // a streamed full batch may have made it, with its new files
-	if err != nil {
-		closeFd(from)
-		return nil, err
+	var (
+		name string
+		to   = -1
+		kept map[string]bool
+		err  error
+	)
+	if spare, ok := w.recycle.taken[d]; ok && w.recycling() {
+		delete(w.recycle.taken, d)
+		if name, to, kept, err = w.reuse(st, d, spare, entries, written); err != nil {
+			w.log.Warn("cannot reuse an old version directory; making a new one", "version", spare, "error", err)
+		}
+	}
+	if to < 0 {
+		name, to, err = w.stagedObject(w.topFd, d) // a streamed full batch may have made it, with its new files
+		if err != nil {
+			closeFd(from)
+			return nil, err
+		}
 	}
 	st.objs[d] = name
-	return &object{dir: d, name: name, to: to, from: from, entries: entries, written: written}, nil
+	if w.recycling() {
+		w.remember(st, d, name, entries, written)
+	}
+	return &object{dir: d, name: name, to: to, from: from, entries: entries, written: written, kept: kept}, nil
 }
 
 // fill puts their entries into the objects of one depth: a symlink per subdirectory, a hard
@@ -815,9 +853,16 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 		// In name order, so that a run is repeatable (the crash tests stop at each entry).
 		slices.SortFunc(jobs[first:], func(a, b job) int { return strings.Compare(a.name, b.name) })
 	}
-	workers := 1
-	if len(jobs) >= 512 {
-		workers = runtime.GOMAXPROCS(0)
+	if len(jobs) < 512 {
+		// A change's few entries, here: a goroutine would cost a wake-up of another thread
+		// and a hand-off back, at each depth, on the way to the signal (and the shared state
+		// below, allocations).
+		for _, j := range jobs {
+			if err := w.makeEntry(st, j.o, j.name); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	var (
 		next     atomic.Int64
@@ -842,13 +887,7 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 			}
 		}
 	}
-	if workers == 1 {
-		// A change's few entries: a goroutine would cost a wake-up of another thread and a
-		// hand-off back, at each depth, on the way to the signal.
-		work()
-		return firstErr
-	}
-	for range workers {
+	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -861,6 +900,10 @@ func (w *Writer) fill(st *staging, objs []*object) error {
 
 // makeEntry creates one entry of object o.
 func (w *Writer) makeEntry(st *staging, o *object, name string) error {
+	if o.kept[name] {
+		w.marked("staging") // a recycled object holds it already
+		return nil
+	}
 	p := name
 	if o.dir != "" {
 		p = o.dir + "/" + name

@@ -45,17 +45,40 @@ func BenchmarkApplyOneKeyFlat(b *testing.B) {
 	}
 }
 
+// BenchmarkApplyTenKeysFlat is BenchmarkApplyOneKeyFlat with each change on the next of ten
+// keys, in turn (as the fleet benchmark's writer puts them), and Tidy after each change, as the
+// caller does after its signal: the directories a change touches differ from the last one's.
+func BenchmarkApplyTenKeysFlat(b *testing.B) {
+	for _, n := range []int{10, 10000, 50000} {
+		keys := make([]string, 10)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("k%05d", i)
+		}
+		b.Run(fmt.Sprint(n), func(b *testing.B) { benchChangeTidy(b, Atomic, flatBatch(n, 64), keys, true) })
+	}
+}
+
 // benchChange measures changes of key after a first sync of full.
 func benchChange(b *testing.B, layout Layout, full Batch, key string) {
+	benchChangeTidy(b, layout, full, []string{key}, false)
+}
+
+// benchChangeTidy measures changes of keys, one per Apply in turn, after a first sync of full,
+// calling Tidy after each if tidy.
+func benchChangeTidy(b *testing.B, layout Layout, full Batch, keys []string, tidy bool) {
 	dir := filepath.Join(b.TempDir(), "target")
 	w := openAt(b, Options{Dir: dir, Layout: layout, UID: -1, GID: -1, NoSync: true})
 	mustApply(b, w, full)
 	i := 0
 	for b.Loop() {
 		i++
+		key := keys[i%len(keys)]
 		res := mustApply(b, w, batch(int64(i+1), Change{Key: key, Value: fmt.Appendf(nil, "value %d", i)}))
 		if !res.Changed || res.Written != 1 {
 			b.Fatalf("Result = %+v", res)
+		}
+		if tidy {
+			w.Tidy()
 		}
 	}
 }

@@ -201,3 +201,77 @@ func reachable(t *testing.T, dir string) map[string]bool {
 	walk(root)
 	return seen
 }
+
+// TestCrashWhileRecyclingConverges is TestCrashAtEveryStepConverges for a change that reuses
+// spare objects (recycle.go): a kill -9 while a spare is renamed and edited leaves the live
+// version whole, and Open plus a Full batch converge.
+func TestCrashWhileRecyclingConverges(t *testing.T) {
+	before := tree{"a": "A1", "sub/b": "B1", "sub/c": "C1", "sub/deep/y": "Y", "keep/k": "K"}
+	for i := range 10 {
+		before[fmt.Sprintf("f%d", i)] = fmt.Sprint("F", i)
+	}
+	for _, small := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bucketed=%v", small), func(t *testing.T) {
+			w, dir := open(t, Atomic)
+			above, below := bucketAbove, flatBelow
+			if small {
+				above, below = 8, 6
+			}
+			w.bucketAbove, w.flatBelow = above, below
+			mustApply(t, w, full(1, before))
+			// Changes in sub and at the top give both directories a spare.
+			for rev, v := range []string{"B2", "B3", "B1"} {
+				mustApply(t, w, batch(int64(rev+2), put("sub/b", v), put("f1", v)))
+				w.Tidy()
+			}
+			if len(w.recycle.spares) == 0 {
+				t.Fatal("no spare to reuse")
+			}
+			live := tree{}
+			for k, v := range before {
+				live[k] = v
+			}
+			live["f1"] = "B1"
+			after := tree{}
+			for k, v := range live {
+				after[k] = v
+			}
+			after["a"], after["sub/b"], after["new/n"], after["f2"] = "A2", "B4", "N", "F2b"
+			delete(after, "sub/deep/y")
+			delete(after, "f3")
+			crashes := t.TempDir()
+			var steps []string
+			w.step = func(step string) {
+				snap := filepath.Join(crashes, fmt.Sprintf("%02d-%s", len(steps), step))
+				copyTree(t, dir, snap)
+				steps = append(steps, snap)
+			}
+			var spares []os.FileInfo
+			for _, obj := range w.recycle.spares {
+				fi, err := os.Stat(filepath.Join(dir, obj))
+				if err != nil {
+					t.Fatal(err)
+				}
+				spares = append(spares, fi)
+			}
+			mustApply(t, w, batch(5, put("a", "A2"), put("sub/b", "B4"), put("new/n", "N"), put("f2", "F2b"),
+				del("sub/deep/y"), del("f3")))
+			reused := 0
+			for obj := range reachable(t, dir) {
+				fi, _ := os.Stat(filepath.Join(dir, obj))
+				if slices.ContainsFunc(spares, func(s os.FileInfo) bool { return os.SameFile(s, fi) }) {
+					reused++
+				}
+			}
+			if reused == 0 {
+				t.Error("no spare was reused")
+			}
+			for _, snap := range steps {
+				t.Run(filepath.Base(snap), func(t *testing.T) {
+					checkCrashState(t, Atomic, snap, live, after)
+					checkRecovery(t, Atomic, snap, after, above, below)
+				})
+			}
+		})
+	}
+}

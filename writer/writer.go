@@ -131,11 +131,13 @@ type Writer struct {
 	// top is the target directory, open for the writer's life: the hot path works on it with
 	// *at system calls and single-component names (see openDirAt), not through the root's
 	// checked walks, which cost several system calls each.
-	top    *os.File
-	topFd  int
-	lock   *os.File // holds the flock on lockName while the writer is open
-	closed bool
-	absDir string
+	top   *os.File
+	topFd int
+	// topDev and topIno identify the directory top holds (reopenIfGone).
+	topDev, topIno uint64
+	lock           *os.File // holds the flock on lockName while the writer is open
+	closed         bool
+	absDir         string
 	// modeAtCreate: files created get Mode and our owner from open(2) alone (fs.go), and
 	// dirModeAtCreate: directories get dirMode and our owner from mkdir(2) alone.
 	modeAtCreate, dirModeAtCreate bool
@@ -181,6 +183,7 @@ type Writer struct {
 	maxOpen                int           // directory objects kept open at once (maxOpenObjects)
 	pruning                chan struct{} // closed once the retired objects being removed are gone
 	pending                []string      // retired objects no version reaches, left for Tidy
+	recycle                recycler      // manifests of the objects we made, and spares (recycle.go)
 
 	// Plain layout.
 	dirs          map[string]bool // directories we created
@@ -267,6 +270,7 @@ func (w *Writer) open() error {
 	w.dirObj, w.retired, w.contents, w.known = make(map[string]string), nil, make(map[string][]string), 0
 	w.version, w.rebuild, w.relink, w.unlinked, w.manifestStale = "", false, false, nil, false
 	w.bucketed, w.mixed, w.tops, w.otherHalf = false, false, 0, nil
+	w.recycle.reset() // spares on disk are objects no version reaches: pruned below
 	if err := w.openDir(); err != nil {
 		return err
 	}
@@ -319,6 +323,12 @@ func (w *Writer) openDir() error {
 		return fmt.Errorf("writer: opening %s: %w", w.absDir, err)
 	}
 	w.topFd = int(w.top.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(w.topFd, &st); err != nil {
+		w.release()
+		return fmt.Errorf("writer: %s: %w", w.absDir, err)
+	}
+	w.topDev, w.topIno = st.Dev, st.Ino
 	if err := w.lockTarget(); err != nil {
 		w.release()
 		return err
@@ -362,10 +372,10 @@ func (w *Writer) lockTarget() error {
 // needed, with its lock. It reports whether it did: the model then holds only what is in
 // the new directory, and only a Full batch can fill it.
 func (w *Writer) reopenIfGone() (bool, error) {
-	var held, now unix.Stat_t
-	herr := unix.Fstat(w.topFd, &held)
-	nerr := unix.Stat(w.absDir, &now)
-	if herr == nil && nerr == nil && held.Dev == now.Dev && held.Ino == now.Ino {
+	// The held directory's identity never changes (openDir read it): one stat of the path
+	// per Apply tells whether the path still leads to it.
+	var now unix.Stat_t
+	if unix.Stat(w.absDir, &now) == nil && w.topDev == now.Dev && w.topIno == now.Ino {
 		return false, nil
 	}
 	w.log.Warn("the target directory was removed or replaced; recreating it, the next full sync fills it")
@@ -449,7 +459,9 @@ func dirMode(m os.FileMode) os.FileMode {
 //     Open, which also checks every link).
 //  10. If the top level crossed the bucketing threshold, switch its form (switchForm).
 //  11. Delete the objects only the version before the previous one reached, in the
-//     background (prune); the next Apply, Open or Close waits for it. The previous version
+//     background (prune), or after the signal (Tidy), where those a stage made become their
+//     directory's spare, stripped of all that is not live, for the next change there to reuse
+//     (recycle.go); the next Apply, Open or Close waits for it. The previous version
 //     stays whole, so a reader that resolved into it just before the swap can finish; after
 //     a tighter Mode, it goes at once, before Apply returns.
 //
