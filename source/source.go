@@ -806,11 +806,8 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	wctx = metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(wctx),
 		"etcd-config-dispenser-watch", strconv.Itoa(s.gen))
 	from := s.Applied() + 1
-	ws, err := s.openWatch(wctx, from)
-	if err != nil {
-		return err
-	}
-	wch := ws.C
+	wch := s.client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+		clientv3.WithProgressNotify(), clientv3.WithFragment())
 	s.log.Debug("watching", "prefix", s.prefix, "from_revision", from)
 	// After Watch returned: a connection lost while the watch was being set up
 	// counts too.
@@ -825,8 +822,8 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 	var lastApply time.Time
 	burst := false
 	for {
-		// A response already waiting as we come back to wait is a backlog: collect then lets
-		// the stream's reader (stream.go) hand over the rest before it applies.
+		// A response already waiting as we come back to wait is a backlog (clientv3's channel
+		// holds one): collect then lets clientv3 hand over the rest before it applies.
 		backlog := len(wch) > 0
 		select {
 		case <-ctx.Done():
@@ -839,8 +836,8 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			s.applyFailed(applyError(s.Applied(), err))
 			return errResync{"a held-back batch could not be applied"}
 		case <-s.reconnected:
-			// The connection came back (a lost one usually fails the stream first), maybe
-			// to a server that was wiped, restored or replaced meanwhile.
+			// clientv3 resumed the watch by itself, maybe on a server that was wiped,
+			// restored or replaced meanwhile.
 			if s.reconnects.Load() == s.known {
 				continue // a check since has covered it
 			}
@@ -850,7 +847,7 @@ func (s *Source) watch(ctx context.Context, apply ApplyFunc, bo *backoff, verify
 			}
 		case resp, ok := <-wch:
 			if !ok {
-				return ws.Err()
+				return errors.New("watch channel closed")
 			}
 			var hold time.Time
 			if burst {
@@ -949,8 +946,8 @@ func (s *Source) collect(ctx context.Context, first clientv3.WatchResponse, wch 
 	}
 }
 
-// receiveNow receives a response if one is waiting. The stream's reader hands responses over
-// from another goroutine, which needs to run to receive the next one: in
+// receiveNow receives a response if one is waiting. clientv3 hands over its buffered
+// responses one at a time from another goroutine, which needs to run between two of them: in
 // a backlog, yielding lets it offer the next, so a backlog is merged instead of applied one by
 // one (twice, as before a lone change stopped yielding). A lone change does not yield: it
 // reaches the apply without waiting for other goroutines to run.
