@@ -257,13 +257,7 @@ func (w *Writer) applyAtomic(write, remove []string, res *Result) error {
 	if isNoSpace(err) {
 		w.waitSweep() // a streamed start's spool, still being removed
 	}
-	if isNoSpace(err) && len(w.retired) > 0 {
-		// The previous version is kept only for readers still inside it; a version that
-		// cannot go live helps nobody. Make room and try again at once.
-		w.log.Warn("no space left on the target's file system; removing the previous version and trying again",
-			"directories", len(w.retired))
-		w.removeObjects(w.retired)
-		w.retired = nil
+	if isNoSpace(err) && w.freeRoom("removing the previous version and the spares, and trying again") {
 		st, err = w.stage(write, remove)
 	}
 	if err != nil {

@@ -302,3 +302,42 @@ func joinPath(dir, name string) string {
 	}
 	return dir + "/" + name
 }
+
+// dropSpares removes every spare, and the objects on their way to become one. A spare holds
+// only links to live files, so it frees no data, but on tmpfs each link counts against the
+// file system's inodes, and elsewhere a directory takes a block: on a full disk, that room
+// goes to the version being staged. It returns how many objects it removed.
+func (w *Writer) dropSpares() int {
+	r := &w.recycle
+	var drop []string
+	for d, sp := range r.spares {
+		drop = append(drop, sp)
+		delete(r.spares, d)
+	}
+	for d, sp := range r.taken { // taken by a stage that failed before it used them
+		drop = append(drop, sp)
+		delete(r.taken, d)
+	}
+	drop = append(drop, r.queue...)
+	r.queue = r.queue[:0]
+	w.removeObjects(drop)
+	return len(drop)
+}
+
+// freeRoom removes, on a full disk, what no version needs: the previous version, kept only
+// for readers still inside it (a version that cannot go live helps nobody), and the spares.
+// It reports whether it removed anything, so that the caller tries again.
+func (w *Writer) freeRoom(why string) bool {
+	retired := len(w.retired)
+	if retired > 0 {
+		w.removeObjects(w.retired)
+		w.retired = nil
+	}
+	spares := w.dropSpares()
+	if retired+spares == 0 {
+		return false
+	}
+	w.log.Warn("no space left on the target's file system; "+why,
+		"directories", retired, "spares", spares)
+	return true
+}

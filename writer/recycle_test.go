@@ -1,12 +1,17 @@
 package writer
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -212,4 +217,67 @@ func checkManifests(t *testing.T, w *Writer, dir string) bool {
 		}
 	}
 	return ok
+}
+
+// Spares hold only links to live files, so they free no data when removed, but on tmpfs every
+// hard link counts against the inode limit (nr_inodes), and elsewhere a directory takes a block.
+// On a full disk the writer frees them with the previous version before it gives up.
+func TestDiskFullFreesTheSpares(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=2000", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	var logs bytes.Buffer
+	dir := filepath.Join(mnt, "target")
+	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	// d1 changes again and again: its old objects become spares (60 links each). d2 is
+	// larger: a change of it needs more room (about 85 inodes) than the previous version
+	// alone frees (about 64), and less than that and the spares (about 128).
+	model := tree{}
+	for i := range 60 {
+		model[fmt.Sprintf("d1/f%02d", i)] = "1"
+	}
+	for i := range 80 {
+		model[fmt.Sprintf("d2/g%02d", i)] = "2"
+	}
+	mustApply(t, w, full(1, model))
+	for rev := int64(2); rev < 6; rev++ {
+		mustApply(t, w, batch(rev, put("d1/f00", fmt.Sprint(rev))))
+		w.Tidy()
+	}
+	model["d1/f00"] = "5"
+	if _, ok := w.recycle.spares["d1"]; !ok {
+		t.Fatal("d1 has no spare after four changes")
+	}
+	// Fill the inodes left, with empty files beside the target.
+	filler := filepath.Join(mnt, "filler")
+	if err := os.Mkdir(filler, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		f, err := os.Create(filepath.Join(filler, fmt.Sprint(i)))
+		if err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+		f.Close()
+	}
+	if _, err := w.Apply(batch(6, put("d2/g00", "6"))); err != nil {
+		t.Fatalf("a change that fits once the previous version and the spares are gone failed: %v", err)
+	}
+	model["d2/g00"] = "6"
+	assertTree(t, "visible", visible(t, dir), model)
+	if !strings.Contains(logs.String(), "no space left") {
+		t.Errorf("no log line says no space left:\n%s", logs.String())
+	}
 }

@@ -255,18 +255,15 @@ func (s *Stream) write() {
 }
 
 // fail aborts the stream after a write error. On a full disk it also removes the previous
-// version, kept only for readers still inside it, so that the next full batch has room: the
+// version, kept only for readers still inside it, and the spares, so that the next full batch has room: the
 // values already written are gone, so this one cannot be tried again at once, as Apply is.
 func (s *Stream) fail(err error) error {
 	s.Abort()
 	if isNoSpace(err) {
 		s.w.Tidy()
 	}
-	if w := s.w; isNoSpace(err) && len(w.retired) > 0 {
-		w.log.Warn("no space left on the target's file system; removing the previous version so the next full sync fits",
-			"directories", len(w.retired))
-		w.removeObjects(w.retired)
-		w.retired = nil
+	if isNoSpace(err) {
+		s.w.freeRoom("removing the previous version and the spares, so that the next full sync fits")
 	}
 	return fmt.Errorf("applying revision %d: writing: %w", s.revision, err)
 }
