@@ -207,3 +207,43 @@ func BenchmarkStreamedStartPages(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkApplyColdFlat measures what the bench's "one-key change with N keys present" costs
+// the writer: after a streamed first start (untimed), five one-key changes to five different
+// keys, each with Tidy after it (untimed: the caller tidies after its signal). None of them
+// finds a spare for its leaf bucket, and the first two none for the buckets above it either
+// (recycle.go): each makes new objects for the directories on the key's path and hard-links
+// their unchanged entries, after listing the leaf (a streamed start's objects have no
+// manifest). ns/change is the figure; each iteration's setup is a whole start, so run it with
+// a count, e.g. -benchtime=20x.
+func BenchmarkApplyColdFlat(b *testing.B) {
+	for _, c := range []struct{ n, size int }{{10000, 1024}, {50000, 100}} {
+		full := flatBatch(c.n, c.size)
+		b.Run(fmt.Sprint(c.n), func(b *testing.B) {
+			const changes = 5
+			var changed int
+			for b.Loop() {
+				b.StopTimer()
+				dir := filepath.Join(b.TempDir(), "target")
+				w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
+				if res, err := applyStreamHolding(b, w, full, 500, holdMax); err != nil || !w.bucketed {
+					b.Fatalf("Result = %+v, %v, bucketed %v", res, err, w.bucketed)
+				}
+				for i := range changes {
+					key := fmt.Sprintf("k%05d", i)
+					b.StartTimer()
+					res := mustApply(b, w, batch(int64(i+2), Change{Key: key, Value: fmt.Appendf(nil, "value %d", i)}))
+					b.StopTimer()
+					if !res.Changed || res.Written != 1 {
+						b.Fatalf("Result = %+v", res)
+					}
+					w.Tidy()
+					changed++
+				}
+				w.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(changed), "ns/change")
+		})
+	}
+}
