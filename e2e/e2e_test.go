@@ -45,6 +45,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if staticDir != "" { // 25 MB, often on a tmpfs (TMPDIR=/dev/shm)
+		os.RemoveAll(staticDir)
+	}
 	os.Exit(code)
 }
 

@@ -56,11 +56,15 @@ func countRealtime() int {
 	}
 }
 
+// staticDir holds the static binary once built; TestMain removes it.
+var staticDir string
+
 var staticBinary = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "e2e-static-")
 	if err != nil {
 		return "", err
 	}
+	staticDir = dir
 	bin := filepath.Join(dir, "etcd-config-dispenser")
 	build := exec.Command("go", "build", "-o", bin, "github.com/etcd-config-dispenser/etcd-config-dispenser")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
