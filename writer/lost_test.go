@@ -264,18 +264,7 @@ func TestRemovedTargetIsRecreated(t *testing.T) {
 
 // On a full disk the writer removes what is not live and tries again at once.
 func TestDiskFullRemovesWhatIsNotLiveAndRetries(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := mountTmpfs(t, "size=1m")
 	var logs bytes.Buffer
 	dir := filepath.Join(mnt, "target")
 	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1,

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -223,18 +222,7 @@ func checkManifests(t *testing.T, w *Writer, dir string) bool {
 // hard link counts against the inode limit (nr_inodes), and elsewhere a directory takes a block.
 // On a full disk the writer frees them with the previous version before it gives up.
 func TestDiskFullFreesTheSpares(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=2000", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := mountTmpfs(t, "size=4m,nr_inodes=2000")
 	var logs bytes.Buffer
 	dir := filepath.Join(mnt, "target")
 	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1, Logger: slog.New(slog.NewTextHandler(&logs, nil))})

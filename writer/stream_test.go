@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -246,18 +245,7 @@ func TestStreamCheckRefusedKeepsModel(t *testing.T) {
 // (the previous version still takes room, kept for its readers) fails and keeps the live
 // version; it frees the previous version, so the next resync fits.
 func TestStreamDiskFullConvergesAtTheNextResync(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a 1 MiB tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := mountTmpfs(t, "size=1m")
 	dir := filepath.Join(mnt, "target")
 	w := openAt(t, Options{Dir: dir, UID: -1, GID: -1})
 	value := func(c byte) string { return strings.Repeat(string(c), 200_000) }
