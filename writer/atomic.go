@@ -403,15 +403,22 @@ func (w *Writer) prune(objs []string) {
 
 // forgetContents returns the names object obj holds, if the writer knows them, and forgets them.
 func (w *Writer) forgetContents(obj string) []string {
-	names, ok := w.contents[obj]
-	if ok {
-		delete(w.contents, obj)
-		w.known -= len(names)
-	} else {
+	names, ok := w.dropContents(obj)
+	if !ok {
 		names, _ = w.knownNames(obj)
 	}
 	w.forgetManifest(obj)
 	return names
+}
+
+// dropContents forgets the names the stage listed in object obj, and returns them.
+func (w *Writer) dropContents(obj string) ([]string, bool) {
+	names, ok := w.contents[obj]
+	if ok {
+		delete(w.contents, obj)
+		w.known -= len(names)
+	}
+	return names, ok
 }
 
 // Tidy removes the objects of the version before the previous one that Apply left for

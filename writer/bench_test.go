@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -156,15 +155,9 @@ func BenchmarkStreamedStartTail(b *testing.B) {
 				b.StopTimer()
 				dir := filepath.Join(b.TempDir(), "target")
 				w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
-				s, err := w.BeginFull(full.Revision)
+				s, err := streamPages(w, full, 477, holdMax)
 				if err != nil {
 					b.Fatal(err)
-				}
-				s.Expect(len(full.Changes))
-				for page := range slices.Chunk(full.Changes, 477) {
-					if err := s.Add(page); err != nil {
-						b.Fatal(err)
-					}
 				}
 				s.stopWorkers() // the writes overlap the pages; Commit's own wait is not its cost
 				b.StartTimer()
@@ -190,15 +183,9 @@ func BenchmarkStreamedStartPages(b *testing.B) {
 		dir := filepath.Join(b.TempDir(), "target")
 		w := openAt(b, Options{Dir: dir, Layout: Atomic, UID: -1, GID: -1, NoSync: true})
 		b.StartTimer()
-		s, err := w.BeginFull(full.Revision)
+		s, err := streamPages(w, full, 477, holdMax)
 		if err != nil {
 			b.Fatal(err)
-		}
-		s.Expect(len(full.Changes))
-		for page := range slices.Chunk(full.Changes, 477) {
-			if err := s.Add(page); err != nil {
-				b.Fatal(err)
-			}
 		}
 		s.stopWorkers()
 		b.StopTimer()

@@ -237,10 +237,7 @@ func (w *Writer) spareUp() {
 			drop = append(drop, obj)
 			continue
 		}
-		if names, ok := w.contents[obj]; ok { // the manifest says it all
-			delete(w.contents, obj)
-			w.known -= len(names)
-		}
+		w.dropContents(obj) // the manifest says it all
 		if _, live := w.dirObj[m.dir]; !live || !w.recycling() {
 			drop = append(drop, obj)
 			continue

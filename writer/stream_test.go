@@ -20,18 +20,28 @@ func applyStream(t testing.TB, w *Writer, b Batch, page int) (Result, error) {
 
 func applyStreamHolding(t testing.TB, w *Writer, b Batch, page, holdMax int) (Result, error) {
 	t.Helper()
-	s, err := w.BeginFull(b.Revision)
+	s, err := streamPages(w, b, page, holdMax)
 	if err != nil {
 		return Result{}, err
+	}
+	return s.Commit()
+}
+
+// streamPages begins a stream of full batch b and adds its changes in pages of page keys,
+// holding at most holdMax bytes before the workers start: all but the Commit.
+func streamPages(w *Writer, b Batch, page, holdMax int) (*Stream, error) {
+	s, err := w.BeginFull(b.Revision)
+	if err != nil {
+		return nil, err
 	}
 	s.holdMax = holdMax
 	s.Expect(len(b.Changes))
 	for c := range slices.Chunk(b.Changes, page) {
 		if err := s.Add(c); err != nil {
-			return Result{}, err
+			return nil, err
 		}
 	}
-	return s.Commit()
+	return s, nil
 }
 
 func mustStream(t testing.TB, w *Writer, b Batch, page int) Result {
